@@ -1,0 +1,2686 @@
+"""mnist_pure: a neural network that learns to read handwritten digits, in pure Python.
+
+TOUR PLACEHOLDER
+"""
+
+import argparse
+import array
+import dataclasses
+import gzip
+import hashlib
+import itertools
+import json
+import math
+import operator
+import os
+import random
+import re
+import signal
+import struct
+import sys
+import tempfile
+import time
+import zlib
+
+# =============================================================================
+# 1. Settings and constants
+# =============================================================================
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+
+IMAGE_SIDE = 28
+N_INPUT = IMAGE_SIDE * IMAGE_SIDE   # 784 pixels
+N_HIDDEN = 128
+N_OUTPUT = 10                        # digits 0..9
+
+
+# The training recipe's defaults (section 8 says why each is what it is).
+DEFAULT_MAX_TRAIN = 1000         # training images: seconds of CPU, ~90% accuracy
+DEFAULT_MAX_TEST = 10000         # the whole test set: fewer gives noisy figures
+DEFAULT_EPOCHS = 10              # passes over the training images
+DEFAULT_LR_DECAY = 0.7           # the learning rate is multiplied by this ...
+DEFAULT_DECAY_EVERY = 5          # ... every this many epochs
+DEFAULT_MASTERY = 0.99           # skip the update when p(right answer) >= this
+DEFAULT_SEED = 1
+
+
+class MnistError(Exception):
+    """A problem the user can fix, reported as one line (exit code 1)."""
+
+
+@dataclasses.dataclass
+class Settings:
+    """Everything one run needs, filled from the command line and passed down."""
+    max_train: int = DEFAULT_MAX_TRAIN
+    max_test: int = DEFAULT_MAX_TEST
+    epochs: int = DEFAULT_EPOCHS
+    learning_rate: float = 0.0        # 0: chosen from the training-set size
+    lr_decay: float = DEFAULT_LR_DECAY
+    decay_every: int = DEFAULT_DECAY_EVERY
+    mastery: float = DEFAULT_MASTERY  # 0: mastery off, every sample is learned
+    seed: int = DEFAULT_SEED
+    augment: bool = False
+    n_hidden: int = N_HIDDEN
+    engine: str = "auto"
+    validation: int = 0               # images held out of training for early stopping
+    patience: int = 0                 # stop after this many epochs without progress
+    # Where things come from and go (the command line's other options).
+    data_dir: str = os.path.join(HERE, "data")
+    test_each_epoch: bool = False
+    save: str = ""
+    load: str = ""
+    resume: str = ""
+    checkpoint: str = ""
+    json: bool = False
+    quiet: bool = False
+    show: int = 25
+    show_mistakes: int = 0
+    plot: str = ""
+    plot_digits: str = ""
+    plot_weights: str = ""
+
+
+# =============================================================================
+# 2. Math kernels: vectors and matrices as plain lists
+# =============================================================================
+# A vector is a list of floats; a matrix is a list of rows. A *sparse* vector
+# is a pair (indices, values) listing only its nonzero entries: an MNIST image
+# has ~150 inked pixels out of 784, and after ReLU ~50 of the 128 hidden units
+# are nonzero, so most of the arithmetic a dense kernel would do is x * 0.
+
+def dot(u, v):
+    """u . v = sum_i u[i] * v[i].   (n,), (n,) -> float.  dot([1, 2], [3, 4]) == 11"""
+    total = 0.0
+    for a, b in zip(u, v):
+        total += a * b
+    return total
+
+
+def matmul(a, b):
+    """a @ b.   (n, m), (m, k) -> (n, k).  matmul([[1, 2]], [[3], [4]]) == [[11]]
+
+    The dense textbook product, kept as the reference that the sparse kernel
+    below must equal (tests check it)."""
+    columns = list(zip(*b))
+    return [[dot(row, column) for column in columns] for row in a]
+
+
+def sparse_vecmat(x, w):
+    """x @ w for a sparse vector x = (indices, values).   (n,), (n, k) -> (k,)
+
+    x @ w = sum_i x[i] * w[i]: a weighted sum of the rows of w. Rows whose
+    x[i] is zero add nothing, so only the listed rows are read."""
+    indices, values = x
+    out = [0.0] * len(w[0])
+    for i, xi in zip(indices, values):
+        row = w[i]
+        for k in range(len(out)):
+            out[k] += xi * row[k]
+    return out
+
+
+def subtract_outer(w, u, v, scale):
+    """w -= scale * outer(u, v), in place, for sparse u and v.   w: (n, k)
+
+    outer(u, v)[i][k] = u[i] * v[k] is zero unless both are nonzero, so only
+    the rows of u's indices and the columns of v's indices change."""
+    u_indices, u_values = u
+    v_indices, v_values = v
+    for i, ui in zip(u_indices, u_values):
+        row = w[i]
+        step = scale * ui
+        for t in range(len(v_indices)):      # (index loops: PyPy makes them fastest)
+            row[v_indices[t]] -= step * v_values[t]
+
+
+def add(u, v):
+    """u + v, element by element.   (n,), (n,) -> (n,)"""
+    return [a + b for a, b in zip(u, v)]
+
+
+def nonzero(v):
+    """The sparse form (indices, values) of a dense vector v."""
+    indices = [i for i, a in enumerate(v) if a != 0.0]
+    return indices, [v[i] for i in indices]
+
+
+def dense(v):
+    """A dense vector seen as a sparse one whose every entry is listed."""
+    return range(len(v)), v
+
+
+def argmax(v):
+    """The index of the largest entry (the first one, on ties)."""
+    best = 0
+    for i in range(1, len(v)):
+        if v[i] > v[best]:
+            best = i
+    return best
+
+
+# =============================================================================
+# 3. exp and log, by hand
+# =============================================================================
+# Both reduce their argument to a small range where a short series converges
+# fast, then undo the reduction with exact operations (powers of two).
+# Error: a few units in the last place (ulps) against math.exp / math.log over
+# every float (tests check this).
+#
+# ln 2 split in two (Cody and Waite): LN2_HI has trailing zero bits, so k * LN2_HI
+# is exact for the k we meet, and LN2_LO carries the rest of ln 2.
+LN2_HI = 6.93147180369123816490e-01
+LN2_LO = 1.90821492927058770002e-10
+LN2 = LN2_HI + LN2_LO                 # 0.6931471805599453
+EXP_MAX = 709.782712893384            # exp(x) > largest float beyond this
+EXP_MIN = -745.1332191019412          # exp(x) < smallest float / 2 below this
+
+
+def exp(x):
+    """e**x.  x = k ln2 + r with |r| <= ln2/2, so e**x = 2**k * e**r, and the
+    Taylor series e**r = 1 + r + r**2/2! + ... needs 14 terms for full precision
+    (the first term left out, r**14/14!, is below 2**-53 relative)."""
+    if x != x:
+        return x                       # nan stays nan
+    if x > EXP_MAX:
+        raise OverflowError("exp(%r) is too large for a float" % x)
+    if x < EXP_MIN:
+        return 0.0                     # underflows cleanly, as math.exp does
+    k = int(x / LN2 + (0.5 if x >= 0 else -0.5))      # nearest integer to x / ln2
+    r = (x - k * LN2_HI) - k * LN2_LO
+    # Horner's rule for 1 + r(1 + r/2(1 + r/3(1 + ... (1 + r/13)))).
+    series = 1.0
+    for n in range(13, 0, -1):
+        series = 1.0 + series * r / n
+    return math.ldexp(series, k)       # series * 2**k, exact (rounds once if subnormal)
+
+
+def log(x):
+    """Natural log.  x = m * 2**e with sqrt(1/2) <= m < sqrt(2), so
+    ln x = e ln2 + ln m, and with s = (m - 1) / (m + 1), |s| <= 0.172:
+        ln m = 2 (s + s**3/3 + s**5/5 + ...)      (the atanh series)
+    eleven terms reach full precision (s**23/23 < 2**-53 * |s|)."""
+    if x != x or x == float("inf"):
+        return x
+    if x <= 0.0:
+        if x == 0.0:
+            return float("-inf")
+        raise ValueError("log of a negative number: %r" % x)
+    m, e = math.frexp(x)               # x = m * 2**e, 0.5 <= m < 1 (exact)
+    if m < 0.7071067811865476:         # sqrt(1/2): keep m near 1
+        m, e = m * 2.0, e - 1
+    s = (m - 1.0) / (m + 1.0)
+    s2 = s * s
+    series = 0.0
+    for n in range(21, 0, -2):          # 1/21 + s2 (...)  down to 1/1
+        series = 1.0 / n + s2 * series
+    return e * LN2_HI + (2.0 * s * series + e * LN2_LO)
+
+
+# =============================================================================
+# 4. Activations and loss
+# =============================================================================
+
+LOG_FLOOR = 1e-12   # p[y] is clamped here, so a confident mistake costs <= 27.6
+
+
+def relu(v):
+    """max(0, v_i) for each entry: the hidden layer's non-linearity."""
+    return [a if a > 0.0 else 0.0 for a in v]
+
+
+def softmax(z):
+    """p_k = e**z_k / sum_j e**z_j: logits to probabilities that sum to 1.
+
+    Subtracting max(z) first leaves p unchanged (it cancels in the ratio) and
+    keeps every exponent <= 0, so nothing overflows."""
+    top = max(z)
+    e = [exp(a - top) for a in z]
+    total = sum(e)
+    return [a / total for a in e]
+
+
+def cross_entropy(p, label):
+    """loss = -ln p[label]: 0 when the network is sure and right, large when wrong."""
+    return -log(max(p[label], LOG_FLOOR))
+
+
+# =============================================================================
+# 5. Data: MNIST's gzip IDX files
+# =============================================================================
+# IDX format (big-endian): two zero bytes, a type code (0x08 = unsigned byte),
+# the number of dimensions, one 4-byte size per dimension, then the values.
+# Images: magic 0x00000803, sizes (count, 28, 28). Labels: 0x00000801, (count,).
+
+TRAIN_FILES = ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz")
+TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
+# SHA-256 of the *decompressed* published files: a different file is only warned
+# about, since Fashion-MNIST and others use the same names and format.
+MNIST_SHA256 = {
+    "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+}
+MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
+MAX_IDX_BYTES = 1 << 30      # refuse headers that promise more than 1 GiB of pixels
+
+
+class Dataset:
+    """n images of 28x28 bytes (0 = paper, 255 = ink) and their labels 0..9.
+
+    Pixels stay in one `bytes` object (60,000 images = 45 MiB; as Python floats
+    they would take ~1.4 GiB) and each image is turned into the network's input
+    only when it is used, by `sample`."""
+
+    def __init__(self, images, labels):
+        self.images = images
+        self.labels = labels
+
+    def __len__(self):
+        return len(self.labels)
+
+    def image(self, k):
+        """The 784 pixel bytes of image k, row by row."""
+        return self.images[k * N_INPUT:(k + 1) * N_INPUT]
+
+    def sample(self, k):
+        """Image k as the network reads it (see sparse_pixels)."""
+        return sparse_pixels(self.image(k))
+
+    def head(self, n):
+        """The first n images."""
+        return Dataset(self.images[:n * N_INPUT], self.labels[:n])
+
+    def tail(self, n):
+        """The last n images."""
+        start = len(self) - n
+        return Dataset(self.images[start * N_INPUT:], self.labels[start:])
+
+
+PIXEL_POSITIONS = tuple(range(N_INPUT))
+
+
+def sparse_pixels(image):
+    """The inked pixels of a 784-byte image, as (indices, intensities 1..255).
+
+    81% of MNIST pixels are 0, and a 0 pixel adds nothing to x @ W1, so the
+    network only ever looks at these ~150. (itertools.compress keeps the items
+    whose selector is nonzero: compress(positions, image) gives the indices of
+    the inked pixels, compress(image, image) their values, both in C.)"""
+    return (list(itertools.compress(PIXEL_POSITIONS, image)),
+            list(itertools.compress(image, image)))
+
+
+def read_idx(path, expected_magic):
+    """(dims, values, sha256 of the whole decompressed file) of one gzip IDX file.
+
+    Every way the file can be broken becomes a MnistError naming the file."""
+    try:
+        with gzip.open(path, "rb") as stream:
+            header = stream.read(4)
+            dims, header_rest = read_idx_dims(path, stream, header, expected_magic)
+            size = 1
+            for d in dims:
+                size *= d
+            if size > MAX_IDX_BYTES:    # refuse before trying to allocate it
+                raise MnistError("%s: header claims %s values (%s), more than this program "
+                                 "reads (%d MiB)" % (path, format(size, ","),
+                                                     " x ".join(map(str, dims)),
+                                                     MAX_IDX_BYTES >> 20))
+            values = stream.read(size + 1)   # one byte more, to notice extra data
+    except FileNotFoundError:
+        raise MnistError("%s: file not found. MNIST's four .gz files are expected in %s "
+                         "(from %s)" % (path, os.path.dirname(path) or ".", MNIST_URL))
+    except IsADirectoryError:
+        raise MnistError("%s: is a folder, not a file" % path)
+    except EOFError:       # what gzip raises for a file cut short
+        raise MnistError("%s: truncated gzip file (it ends early)" % path)
+    except (OSError, zlib.error) as e:    # not gzip at all, bad CRC, junk after the end
+        raise MnistError("%s: not a readable gzip file (%s)" % (path, describe(e)))
+    if len(values) != size:
+        raise MnistError("%s: header says %s (%s bytes) but the file holds %s"
+                         % (path, " x ".join(map(str, dims)), format(size, ","),
+                            "%s bytes" % format(len(values), ",") if len(values) < size
+                            else "more"))
+    digest = hashlib.sha256(header + header_rest + values).hexdigest()
+    return dims, values, digest
+
+
+def read_idx_dims(path, stream, header, expected_magic):
+    """Check the 4-byte magic number and read the sizes that follow it."""
+    if len(header) < 4:
+        raise MnistError("%s: empty, or too short to be an IDX file" % path)
+    zero, element_type, n_dims = struct.unpack(">HBB", header)
+    if zero != 0 or n_dims != expected_magic & 0xFF:
+        raise MnistError("%s: wrong magic number 0x%s (expected 0x%08X)"
+                         % (path, header.hex().upper(), expected_magic))
+    if element_type != 0x08:
+        raise MnistError("%s: element type 0x%02X, expected 0x08 (unsigned bytes)"
+                         % (path, element_type))
+    rest = stream.read(4 * n_dims)
+    if len(rest) < 4 * n_dims:
+        raise MnistError("%s: header is cut short" % path)
+    return struct.unpack(">%dI" % n_dims, rest), rest
+
+
+def describe(error):
+    """An exception as a short phrase for a one-line message."""
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def load_pair(data_dir, image_file, label_file, warn):
+    """One Dataset from an images file and a labels file, fully checked."""
+    image_path = os.path.join(data_dir, image_file)
+    label_path = os.path.join(data_dir, label_file)
+    if not os.path.isdir(data_dir):
+        raise MnistError("data folder %s not found. It should hold MNIST's four .gz files "
+                         "(from %s)" % (data_dir, MNIST_URL))
+    dims, images, image_digest = read_idx(image_path, 0x00000803)
+    if dims[1:] != (IMAGE_SIDE, IMAGE_SIDE):
+        raise MnistError("%s: images are %dx%d; this network reads 28x28"
+                         % (image_path, dims[1], dims[2]))
+    (count,), labels, label_digest = read_idx(label_path, 0x00000801)
+    if count != dims[0]:
+        raise MnistError("%s holds %d images but %s holds %d labels"
+                         % (image_path, dims[0], label_path, count))
+    if labels and max(labels) >= N_OUTPUT:
+        k = next(k for k, y in enumerate(labels) if y >= N_OUTPUT)
+        raise MnistError("%s: label %d of item %d is outside 0..9" % (label_path, labels[k], k))
+    for path, digest in ((image_path, image_digest), (label_path, label_digest)):
+        check_published(path, digest, warn)
+    return Dataset(images, labels)
+
+
+def check_published(path, digest, warn):
+    """Warn (never fail) when a file named like MNIST's is not MNIST's content."""
+    name = os.path.basename(path)
+    if name in MNIST_SHA256 and digest != MNIST_SHA256[name]:
+        warn("warning: %s is not the published MNIST file (its SHA-256 differs); "
+             "using it anyway" % path)
+
+
+def load_mnist(data_dir, warn):
+    """(train, test) Datasets from the four files in data_dir."""
+    return (load_pair(data_dir, *TRAIN_FILES, warn=warn),
+            load_pair(data_dir, *TEST_FILES, warn=warn))
+
+
+# =============================================================================
+# 6. The network: 784 pixels -> 128 ReLU units -> 10 softmax outputs
+# =============================================================================
+# Forward, for one image (shapes in brackets):
+#     x      = pixels / 255                      [784]  only ~150 are nonzero
+#     h      = relu(x @ W1 + b1)                 [128]  W1 [784][128], b1 [128]
+#     z      = h @ W2 + b2                       [10]   W2 [128][10],  b2 [10]
+#     p      = softmax(z)                        [10]   p[k] = P(digit is k)
+#     loss   = -ln p[y]                                 y = the true label
+# W1[i][j] is the weight from pixel i to hidden unit j: row i of W1 is all that
+# pixel i touches, which is why a blank pixel costs nothing.
+# Backward, the same steps in reverse order (the chain rule):
+#     dz     = p - onehot(y)                     [10]   derived in `backward`
+#     dW2    = outer(h, dz),   db2 = dz
+#     dh     = (W2 @ dz) where h > 0, else 0     [128]
+#     dW1    = outer(x, dh),   db1 = dh
+# and stochastic gradient descent moves every parameter a little downhill:
+#     W -= learning_rate * dW     after every single image.
+
+class Activations:
+    """What the forward pass computed for one image, kept for the backward pass:
+    x and h as sparse vectors (indices, values), and p."""
+    __slots__ = ("x", "h", "p")
+
+    def __init__(self, x, h, p):
+        self.x, self.h, self.p = x, h, p
+
+
+class Network:
+    """The parameters W1, b1, W2, b2 as plain lists, and the plain-Python engine
+    (the reference: the fast engine in the next section must equal it)."""
+
+    def __init__(self, w1, b1, w2, b2):
+        self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
+
+    @classmethod
+    def random(cls, rng, n_hidden=N_HIDDEN):
+        """He initialisation: weights uniform in +-sqrt(6 / fan_in), variance
+        2 / fan_in, biases 0. With that variance a ReLU layer passes on signals
+        of the same size as it receives, so on the first image about half the
+        hidden units fire; too small and nothing is learned, too large (or all
+        alike, as in the script this grew from) and the units die or agree.
+        (Uniform, from rng.random() only, so a seed repeats on every Python.)"""
+        def layer(fan_in, fan_out):
+            limit = math.sqrt(6.0 / fan_in)
+            return [[(2.0 * rng.random() - 1.0) * limit for _ in range(fan_out)]
+                    for _ in range(fan_in)]
+        return cls(layer(N_INPUT, n_hidden), [0.0] * n_hidden,
+                   layer(n_hidden, N_OUTPUT), [0.0] * N_OUTPUT)
+
+    @property
+    def n_hidden(self):
+        return len(self.b1)
+
+    def forward(self, sample):
+        """Activations for one sample (indices of inked pixels, their bytes)."""
+        indices, pixels = sample
+        x = (indices, [v / 255.0 for v in pixels])
+        h = nonzero(relu(add(sparse_vecmat(x, self.w1), self.b1)))   # [128], ~50 alive
+        z = add(sparse_vecmat(h, self.w2), self.b2)                  # dead units add 0
+        return Activations(x, h, softmax(z))
+
+    def backward(self, acts, label):
+        """(dz, dh): d(loss)/d(z) [10] and d(loss)/d(x @ W1 + b1), sparse [128].
+
+        Softmax and cross-entropy together have a simple gradient. With
+        loss = -z_y + ln sum_j e**z_j, differentiating by z_k gives
+        -[k == y] + e**z_k / sum_j e**z_j = p_k - [k == y]:
+        the predicted probabilities minus the one-hot answer."""
+        dz = list(acts.p)
+        dz[label] -= 1.0
+        # z = h @ W2 + b2, so d(loss)/d(h_j) = sum_k W2[j][k] dz_k = W2[j] . dz;
+        # ReLU passes it only where h_j > 0 (elsewhere its slope is 0): the live units.
+        live = acts.h[0]
+        return dz, (live, [dot(self.w2[j], dz) for j in live])
+
+    def update(self, acts, dz, dh, learning_rate):
+        """One SGD step.  A weight W[i][j] feeds input i into output j, so its
+        gradient is input_i * error_j: dW2 = outer(h, dz), dW1 = outer(x, dh)."""
+        subtract_outer(self.w2, acts.h, dense(dz), learning_rate)
+        for k, g in enumerate(dz):
+            self.b2[k] -= learning_rate * g
+        subtract_outer(self.w1, acts.x, dh, learning_rate)
+        for j, g in zip(*dh):
+            self.b1[j] -= learning_rate * g
+
+    def learn(self, acts, label, learning_rate):
+        """Backward and update, for a sample whose forward pass is `acts`."""
+        dz, dh = self.backward(acts, label)
+        self.update(acts, dz, dh, learning_rate)
+
+    def to_network(self):
+        return self
+
+    def copy(self):
+        return Network([list(r) for r in self.w1], list(self.b1),
+                       [list(r) for r in self.w2], list(self.b2))
+
+
+# =============================================================================
+# 7. The packed engine: 128 weights in one integer (for CPython)
+# =============================================================================
+# CPython spends ~50 ns on every Python-level multiply-add, and the first layer
+# needs ~150 x 128 of them per image. Python's integers are arbitrary-precision
+# and their arithmetic runs in C, so this engine packs the 128 weights leaving
+# one pixel (row i of W1) into one big integer, 64 bits per weight ("lane"):
+#     row_int = sum_j (round(W1[i][j] * 2**40) + OFFSET) << (64 * j)
+# Then one C-level multiply-add updates all 128 lanes at once:
+#     acc += pixel_byte * row_int          (for the ~150 inked pixels)
+# and every lane of acc holds sum_i byte_i * (W1[i][j] * 2**40 + OFFSET), from
+# which x @ W1 follows exactly. The weight update is one integer subtraction per
+# inked pixel: row_int -= pixel_byte * step_int, step_int packing the 128 steps.
+#
+# Limits (checked, never assumed): each lane must stay within 0 <= lane < 2**64,
+# or it would carry into its neighbour. With OFFSET = 32 * 2**40 a lane of a row
+# holds 0..64 * 2**40 while |W1[i][j]| <= 32, and acc's lanes at most
+# 784 * 255 * 64 * 2**40 < 2**64. So |W1| must stay <= 32: `learn` keeps a proven
+# bound on max |W1| and raises MnistError before an update could pass it (only
+# a diverging run gets there: trained weights are below 1). Weights are kept to
+# 2**-40 (~1e-12); the result equals the reference engine to ~1e-8 after an epoch.
+# Only W1 is packed: W2 and the biases are small and stay float lists.
+
+FRACTION_BITS = 40
+LANE_BITS = 64
+SCALE = 1 << FRACTION_BITS               # 1.0 as a lane value
+WEIGHT_LIMIT = 32                        # |W1| bound that keeps lanes in range
+OFFSET = WEIGHT_LIMIT * SCALE            # makes every lane of a row non-negative
+HALF_LANE = 1 << (LANE_BITS - 1)         # bias used to pack signed steps
+# array('Q') reads 64-bit lanes in this machine's byte order.
+LANE_ORDER = sys.byteorder
+
+
+def sum_of_products(u, v):
+    """u . v with the loop in C: dot() for the fast engine."""
+    return sum(map(operator.mul, u, v))
+
+
+sumprod = getattr(math, "sumprod", sum_of_products)   # math.sumprod: Python 3.12+
+
+
+def pack_lanes(values):
+    """sum_j values[j] << (64 j) for non-negative ints < 2**64, via bytes (in C)."""
+    return int.from_bytes(array.array("Q", values).tobytes(), LANE_ORDER)
+
+
+def unpack_lanes(number, n):
+    """The n 64-bit lanes of a packed int, as an array of ints."""
+    return array.array("Q", number.to_bytes(8 * n, LANE_ORDER))
+
+
+class PackedActivations:
+    """Forward results of the packed engine: live hidden units and their W2 rows."""
+    __slots__ = ("sample", "live", "h", "w2_live", "p")
+
+    def __init__(self, sample, live, h, w2_live, p):
+        self.sample, self.live, self.h, self.w2_live, self.p = sample, live, h, w2_live, p
+
+
+class PackedNetwork:
+    """The network of section 6, W1 held as packed integers. Same results."""
+
+    def __init__(self, net):
+        n = net.n_hidden
+        self.n_hidden = n
+        self.rows = [pack_lanes([round(w * SCALE) + OFFSET for w in row]) for row in net.w1]
+        self.b1, self.w2, self.b2 = list(net.b1), [list(r) for r in net.w2], list(net.b2)
+        self.all_offsets = pack_lanes([OFFSET] * n)
+        self.all_half = pack_lanes([HALF_LANE] * n)
+        self.weight_bound = self.max_abs_w1()   # proven: max |W1| <= weight_bound
+
+    def unpacked_row(self, i):
+        """Row i of W1 as floats (exact: every packed weight is k / 2**40)."""
+        return [(lane - OFFSET) / SCALE for lane in unpack_lanes(self.rows[i], self.n_hidden)]
+
+    def max_abs_w1(self):
+        extreme = 0
+        for row in self.rows:
+            lanes = unpack_lanes(row, self.n_hidden)
+            extreme = max(extreme, max(lanes) - OFFSET, OFFSET - min(lanes))
+        return extreme / SCALE
+
+    def to_network(self):
+        return Network([self.unpacked_row(i) for i in range(N_INPUT)], list(self.b1),
+                       [list(r) for r in self.w2], list(self.b2))
+
+    def forward(self, sample):
+        indices, pixels = sample
+        rows = self.rows
+        # acc's lane j = sum_i byte_i * (W1[i][j] * 2**40 + OFFSET), all lanes at once.
+        acc = sum(map(operator.mul, pixels, map(rows.__getitem__, indices)))
+        lanes = unpack_lanes(acc, self.n_hidden)
+        # Remove the offsets, scale by 1 / (255 * 2**40): (x @ W1)_j, then add b1.
+        offsets = OFFSET * sum(pixels)
+        unscale = 1.0 / (255 * SCALE)
+        pre = [(lane - offsets) * unscale + b for lane, b in zip(lanes, self.b1)]
+        live = [j for j, a in enumerate(pre) if a > 0.0]      # the ReLUs that fired
+        h = [pre[j] for j in live]
+        w2 = self.w2
+        w2_live = [w2[j] for j in live]
+        # z_k = b2_k + sum over live j of h_j W2[j][k]  (columns of the live rows)
+        if live:
+            z = [b + sumprod(column, h) for column, b in zip(zip(*w2_live), self.b2)]
+        else:
+            z = list(self.b2)
+        return PackedActivations(sample, live, h, w2_live, softmax(z))
+
+    def learn(self, acts, label, learning_rate):
+        dz = list(acts.p)
+        dz[label] -= 1.0                                         # p - onehot(y)
+        dh = [sumprod(row, dz) for row in acts.w2_live]          # W2[j] . dz, live j
+        # W2 -= lr outer(h, dz), b2 -= lr dz  (rows of live units only)
+        w2 = self.w2
+        step_z = [learning_rate * g for g in dz]
+        for j, hj in zip(acts.live, acts.h):
+            w2[j] = [w - hj * s for w, s in zip(w2[j], step_z)]
+        self.b2 = [b - s for b, s in zip(self.b2, step_z)]
+        b1 = self.b1
+        for j, g in zip(acts.live, dh):
+            b1[j] -= learning_rate * g
+        # W1 -= lr outer(x, dh) with x_i = byte_i / 255: lane j of pixel i moves by
+        # byte_i * step_j, step_j = round(lr dh_j 2**40 / 255). Pack the 128 steps
+        # (each biased by 2**63 to pack it as an unsigned lane, then unbiased).
+        to_lanes = learning_rate * SCALE / 255.0
+        indices, pixels = acts.sample
+        if dh:     # the largest change any weight can see, for the range proof
+            self.check_range((max(map(abs, dh)) * to_lanes + 1) * max(pixels) / SCALE)
+        steps = [HALF_LANE] * self.n_hidden
+        for j, g in zip(acts.live, dh):
+            steps[j] = HALF_LANE + round(g * to_lanes)
+        step = pack_lanes(steps) - self.all_half
+        rows = self.rows
+        for i, v in zip(indices, pixels):
+            rows[i] -= v * step
+
+    def check_range(self, change):
+        """Keep the proof that |W1| <= WEIGHT_LIMIT after a change of at most
+        `change` to any weight; recount exactly when the cheap bound runs out."""
+        if self.weight_bound + change > WEIGHT_LIMIT:
+            self.weight_bound = self.max_abs_w1()
+            if self.weight_bound + change > WEIGHT_LIMIT:
+                raise MnistError("training diverged: first-layer weights are about to pass "
+                                 "+-%d, the packed engine's range; lower the learning rate"
+                                 % WEIGHT_LIMIT)
+        self.weight_bound += change
+
+
+# =============================================================================
+# 8. Training until mastery
+# =============================================================================
+# Stochastic gradient descent, one image at a time: each epoch visits the
+# training images in a fresh random order, and after each image every weight
+# takes a small step against its gradient.
+#
+# Train until mastery: every image is forwarded every epoch, but one the network
+# has *mastered* -- it answers it right, with probability p[y] >= 0.99 -- gets no
+# backward pass and no update. That is safe because such an image's gradient is
+# nearly zero anyway (dz = p - onehot(y) has sum |dz_k| = 2 (1 - p[y]) <= 0.02,
+# a fiftieth of a mistake's), and because mastery is checked afresh on every
+# visit, an image the network forgets is learned again. After the first epoch
+# most images are mastered, so most steps cost a forward pass only (~a third of
+# a full step). Measured: the rule does ~8% of the updates and reaches 98% in
+# fewer seconds, with no loss of final accuracy; the older rule "skip an image
+# for good after 3 right answers in a row" starves the hard images and never
+# reached 98%.
+
+def default_learning_rate(n_train):
+    """0.05 for up to 5,000 images, falling as 1/sqrt(n) to 0.0129 at 60,000 (the
+    README's table holds the measurements). A small set is seen in few steps per
+    epoch, so a hot rate learns it fastest; over 60,000 steps an epoch, 0.05
+    drives hidden units where their ReLU is 0 for every image ("dead") and
+    accuracy collapses, while ~0.01-0.02 trains smoothly."""
+    return min(0.05, 0.05 * math.sqrt(5000.0 / max(n_train, 1)))
+
+
+def learning_rate_at(settings, epoch):
+    """The step size for epoch (0-based): the start rate times lr_decay for every
+    decay_every epochs done. Large steps travel fast early; smaller ones later
+    let the weights settle instead of bouncing around a minimum (without the
+    decay, accuracy on the full set stalls near 97.5%)."""
+    return settings.learning_rate * settings.lr_decay ** (epoch // settings.decay_every)
+
+
+def is_mastered(p, label, threshold):
+    """Answered right with probability at least threshold (0 = never mastered)."""
+    return 0.0 < threshold <= p[label] and argmax(p) == label
+
+
+def shuffled(n, rng):
+    """0..n-1 in random order (Fisher-Yates). Uses only rng.random(), whose
+    sequence every Python version and PyPy repeat for a seed."""
+    order = list(range(n))
+    for i in range(n - 1, 0, -1):
+        j = int(rng.random() * (i + 1))
+        order[i], order[j] = order[j], order[i]
+    return order
+
+
+MAX_SHIFT = 2      # --augment moves each image by up to this many pixels
+
+
+def epoch_plan(n, settings, epoch):
+    """The epoch's visiting order and, with --augment, each visit's (dx, dy) shift.
+
+    Drawn from a generator seeded by (seed, epoch) alone, so a run resumed at
+    any epoch and position repeats exactly what an uninterrupted one does."""
+    rng = random.Random("mnist_pure %d %d" % (settings.seed, epoch))
+    order = shuffled(n, rng)
+    if not settings.augment:
+        return order, None
+    span = 2 * MAX_SHIFT + 1
+    return order, [(int(rng.random() * span) - MAX_SHIFT, int(rng.random() * span) - MAX_SHIFT)
+                   for _ in range(n)]
+
+
+def shift_sample(sample, dx, dy):
+    """The image moved dx pixels right and dy down; ink pushed off the edge is
+    lost. Data augmentation: the digit is the same, the pixels are not, so the
+    network cannot learn a small training set by heart."""
+    indices, pixels = sample
+    moved, kept = [], []
+    for i, v in zip(indices, pixels):
+        row, column = divmod(i, IMAGE_SIDE)
+        row, column = row + dy, column + dx
+        if 0 <= row < IMAGE_SIDE and 0 <= column < IMAGE_SIDE:
+            moved.append(row * IMAGE_SIDE + column)
+            kept.append(v)
+    return moved, kept
+
+
+@dataclasses.dataclass
+class EpochStats:
+    """One epoch's figures, measured while training (the loss and accuracy are
+    those of each image's forward pass, before its update)."""
+    epoch: int                      # 1-based
+    learning_rate: float
+    loss_sum: float = 0.0
+    seen: int = 0
+    correct: int = 0
+    updated: int = 0                # images that got a backward pass and update
+    skipped: int = 0                # images already mastered
+    seconds: float = 0.0
+    validation_accuracy: float = -1.0   # -1: not measured
+    test_accuracy: float = -1.0
+
+    @property
+    def loss(self):
+        return self.loss_sum / max(self.seen, 1)
+
+    @property
+    def train_accuracy(self):
+        return self.correct / max(self.seen, 1)
+
+
+@dataclasses.dataclass
+class TrainingState:
+    """Where training stands: all a checkpoint needs to resume exactly."""
+    epoch: int = 0                  # epochs completed
+    position: int = 0               # images done in the current epoch
+    running: EpochStats = None      # the current epoch's figures so far
+    history: list = dataclasses.field(default_factory=list)
+    best_epoch: int = 0             # early stopping: the epoch with the best
+    best_accuracy: float = -1.0     #   validation accuracy, and its weights
+    best_network: Network = None
+    stopped_early: bool = False
+
+
+class StopFlag:
+    """Set (by the Ctrl-C handler) to end training after the current image."""
+    requested = False
+
+
+def train_epoch(engine, data, settings, state, stop, progress=None):
+    """Train on data for the rest of epoch state.epoch; its EpochStats, or None
+    when stop was requested first (state then says where training stopped)."""
+    order, shifts = epoch_plan(len(data), settings, state.epoch)
+    stats = state.running or EpochStats(state.epoch + 1, learning_rate_at(settings, state.epoch))
+    state.running = stats
+    learning_rate, threshold = stats.learning_rate, settings.mastery
+    labels = data.labels
+    clock = time.perf_counter() - stats.seconds
+    for position in range(state.position, len(order)):
+        if stop.requested:
+            state.position, stats.seconds = position, time.perf_counter() - clock
+            return None
+        k = order[position]
+        sample = data.sample(k)
+        if shifts:
+            sample = shift_sample(sample, *shifts[position])
+        label = labels[k]
+        acts = engine.forward(sample)
+        loss = cross_entropy(acts.p, label)
+        if not loss < LOSS_DIVERGED:           # also true for nan
+            raise MnistError("training diverged (loss %s at epoch %d); lower the learning "
+                             "rate (now %g)" % (loss, stats.epoch, learning_rate))
+        stats.loss_sum += loss
+        stats.seen += 1
+        stats.correct += argmax(acts.p) == label
+        if is_mastered(acts.p, label, threshold):
+            stats.skipped += 1
+        else:
+            engine.learn(acts, label, learning_rate)
+            stats.updated += 1
+        if progress is not None and position % PROGRESS_EVERY == 0:
+            progress(position, len(order))
+    stats.seconds = time.perf_counter() - clock
+    state.position, state.running = 0, None
+    return stats
+
+
+LOSS_DIVERGED = 1e6
+PROGRESS_EVERY = 200
+
+
+def make_engine(network, name):
+    """The engine that trains `network`: 'lists' (plain Python, the reference and
+    PyPy's fastest), 'packed' (CPython's fastest), or 'auto' (the fastest here)."""
+    if name == "auto":
+        name = "lists" if sys.implementation.name == "pypy" else "packed"
+    if name == "packed":
+        return PackedNetwork(network)
+    if name == "lists":
+        return network.copy()
+    raise MnistError("unknown engine %r (choose auto, lists or packed)" % name)
+
+
+def fit(engine, data, held_out, settings, state, stop, progress=None, on_epoch=None):
+    """Train for settings.epochs, or until early stopping or a stop request.
+    Returns the engine to keep: with early stopping, the best epoch's weights.
+
+    Early stopping watches accuracy on held-out training images, never the test
+    set (choosing by the test set would make its figure a flattering guess)."""
+    while state.epoch < settings.epochs and not state.stopped_early:
+        stats = train_epoch(engine, data, settings, state, stop, progress)
+        if stats is None:
+            return engine
+        if held_out is not None:
+            stats.validation_accuracy = accuracy(engine, held_out)
+            if stats.validation_accuracy > state.best_accuracy:
+                state.best_epoch, state.best_accuracy = stats.epoch, stats.validation_accuracy
+                state.best_network = engine.to_network().copy()
+            elif settings.patience and stats.epoch - state.best_epoch >= settings.patience:
+                state.stopped_early = True
+        state.history.append(stats)
+        state.epoch += 1
+        if on_epoch is not None:
+            on_epoch(stats, engine)
+    if state.best_network is not None and state.best_epoch != state.epoch:
+        engine = make_engine(state.best_network, settings.engine)
+    return engine
+
+
+# =============================================================================
+# 9. Evaluation
+# =============================================================================
+
+def predict(engine, sample):
+    """The probabilities p[0..9] for one sample."""
+    return engine.forward(sample).p
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Predictions on a dataset: labels, guesses and the guesses' probability."""
+    labels: list
+    guesses: list
+    confidences: list
+
+    @property
+    def correct(self):
+        return sum(1 for y, g in zip(self.labels, self.guesses) if y == g)
+
+    @property
+    def total(self):
+        return len(self.labels)
+
+    @property
+    def accuracy(self):
+        return self.correct / max(self.total, 1)
+
+    def confusion(self):
+        """matrix[true][guess] = how many images of digit `true` got `guess`."""
+        matrix = [[0] * N_OUTPUT for _ in range(N_OUTPUT)]
+        for y, g in zip(self.labels, self.guesses):
+            matrix[y][g] += 1
+        return matrix
+
+
+def evaluate(engine, data, progress=None):
+    """Run the network on every image of data."""
+    guesses, confidences = [], []
+    for k in range(len(data)):
+        p = predict(engine, data.sample(k))
+        guess = argmax(p)
+        guesses.append(guess)
+        confidences.append(p[guess])
+        if progress is not None and k % PROGRESS_EVERY == 0:
+            progress(k, len(data))
+    return Evaluation(list(data.labels), guesses, confidences)
+
+
+def accuracy(engine, data, progress=None):
+    return evaluate(engine, data, progress).accuracy
+
+
+# =============================================================================
+# 10. Looking inside: one step traced, gradients checked
+# =============================================================================
+
+def norm(values):
+    """The Euclidean length sqrt(sum v**2) of a vector."""
+    return math.sqrt(sum(v * v for v in values))
+
+
+def trace_step(network, sample, label, learning_rate):
+    """One training step of the reference network, told step by step as lines
+    of text. The network is changed (trace a copy)."""
+    indices, pixels = sample
+    x = (indices, [v / 255.0 for v in pixels])
+    pre = add(sparse_vecmat(x, network.w1), network.b1)
+    h = relu(pre)
+    live = nonzero(h)
+    z = add(sparse_vecmat(live, network.w2), network.b2)
+    p = softmax(z)
+    loss = cross_entropy(p, label)
+    guess = argmax(p)
+    acts = Activations(x, live, p)
+    dz, dh = network.backward(acts, label)
+    row = lambda v: "[" + " ".join("%+.2f" % a for a in v) + "]"
+    lines = [
+        "one step of SGD on an image of a %d, learning rate %g" % (label, learning_rate),
+        "x = pixels / 255        [784]  %d pixels inked (%.0f%%), values %.3f..%.3f"
+        % (len(indices), 100.0 * len(indices) / N_INPUT, min(x[1] or [0]), max(x[1] or [0])),
+        "a = x @ W1 + b1         [%d]  min %+.3f  max %+.3f   (only the %d inked rows of W1 read)"
+        % (len(pre), min(pre), max(pre), len(indices)),
+        "h = relu(a)             [%d]  %d of %d units fired (h > 0), the rest are 0"
+        % (len(h), len(live[0]), len(h), ),
+        "z = h @ W2 + b2         [10]   %s" % row(z),
+        "p = softmax(z)          [10]   %s" % row(p),
+        "guess %d (p = %.3f); the answer is %d (p = %.3f)" % (guess, p[guess], label, p[label]),
+        "loss = -ln p[%d]         %.4f" % (label, loss),
+        "dz = p - onehot(%d)      [10]   %s" % (label, row(dz)),
+        "dh = (W2 @ dz) * [h>0]  [%d]  nonzero for the %d live units only" % (len(h), len(dh[0])),
+        "gradient sizes (Euclidean norms; an outer product's norm is the product of norms):",
+        "  |dW2| = |h| |dz| = %.4f   |db2| = %.4f" % (norm(live[1]) * norm(dz), norm(dz)),
+        "  |dW1| = |x| |dh| = %.4f   |db1| = %.4f   (%d x %d entries nonzero of 784 x %d)"
+        % (norm(x[1]) * norm(dh[1]), norm(dh[1]), len(indices), len(dh[0]), len(h)),
+    ]
+    network.update(acts, dz, dh, learning_rate)
+    after = network.forward(sample).p
+    new_loss = cross_entropy(after, label)
+    lines.append("update: every W -= %g * dW, every b -= %g * db" % (learning_rate, learning_rate))
+    lines.append("same image after the update: loss %.4f -> %.4f (%s), p[%d] %.3f -> %.3f"
+                 % (loss, new_loss, "down" if new_loss < loss else "NOT down", label, p[label],
+                    after[label]))
+    return lines, loss, new_loss
+
+
+def loss_of(network, sample, label):
+    return cross_entropy(network.forward(sample).p, label)
+
+
+def gradient_check(network, sample, label, rng, per_tensor=60, step=1e-5):
+    """{tensor: (largest relative error, entries checked)}: the analytic
+    gradients of `backward` against centred finite differences,
+        dL/dw ~ (L(w + step) - L(w - step)) / (2 step),   error O(step**2).
+    Relative error |a - n| / max(|a|, |n|, 1e-3): below 1e-3 a gradient has no
+    more digits for differences to give, so it is compared absolutely there.
+    Checks `per_tensor` random entries of each tensor (every one of the bias
+    vectors), W1's on inked pixels (the others are exactly 0 on both sides),
+    skipping units within `step` of ReLU's kink, where no derivative exists."""
+    indices, pixels = sample
+    x = dict(zip(indices, (v / 255.0 for v in pixels)))
+    acts = network.forward(sample)
+    dz, dh = network.backward(acts, label)
+    h, dh = dict(zip(*acts.h)), dict(zip(*dh))
+    pre = add(sparse_vecmat((indices, [x[i] for i in indices]), network.w1), network.b1)
+    smooth = [j for j in range(network.n_hidden) if abs(pre[j]) > 10 * step]
+    n = network.n_hidden
+    candidates = {
+        "W1": [(network.w1, i, j, x[i] * dh.get(j, 0.0)) for i in indices for j in smooth],
+        "b1": [(network.b1, None, j, dh.get(j, 0.0)) for j in smooth],
+        "W2": [(network.w2, j, k, h.get(j, 0.0) * dz[k]) for j in range(n) for k in range(N_OUTPUT)],
+        "b2": [(network.b2, None, k, dz[k]) for k in range(N_OUTPUT)],
+    }
+    report = {}
+    for name, entries in candidates.items():
+        if len(entries) > per_tensor and name in ("W1", "W2"):
+            entries = rng.sample(entries, per_tensor)
+        worst = 0.0
+        for tensor, i, j, analytic in entries:
+            vector = tensor if i is None else tensor[i]
+            saved = vector[j]
+            vector[j] = saved + step
+            up = loss_of(network, sample, label)
+            vector[j] = saved - step
+            down = loss_of(network, sample, label)
+            vector[j] = saved
+            numeric = (up - down) / (2 * step)
+            worst = max(worst, abs(analytic - numeric) / max(abs(analytic), abs(numeric), 1e-3))
+        report[name] = (worst, len(entries))
+    return report
+
+# =============================================================================
+# 10. Reports: progress bar, tables and digits in the terminal
+# =============================================================================
+# Everything here returns text or writes to the stream it is given; nothing in
+# sections 2-9 prints.
+
+def format_duration(seconds):
+    """'0:07', '12:34', '1:02:03'."""
+    seconds = int(seconds + 0.5)
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    return "%d:%02d:%02d" % (hours, minutes, secs) if hours else "%d:%02d" % (minutes, secs)
+
+
+class ProgressBar:
+    """A tqdm-style bar: `label  45%|#####     | 450/1000 [0:01<0:01, 2,851/s]`.
+
+    On a terminal it is redrawn in place (carriage return) up to 10 times a
+    second; on a pipe or file it writes a plain line every `every` seconds, so
+    logs get a few lines, not thousands of carriage returns. Call it as
+    progress(done, total); `finish()` clears it."""
+
+    WIDTH = 24
+
+    def __init__(self, stream, label, interactive=None, every=10.0, clock=time.monotonic):
+        self.stream, self.label, self.clock, self.every = stream, label, clock, every
+        self.interactive = stream_is_terminal(stream) if interactive is None else interactive
+        self.started = self.clock()
+        self.last_drawn = None
+        self.drawn_width = 0
+
+    def __call__(self, done, total):
+        now = self.clock()
+        pause = 0.1 if self.interactive else self.every
+        if self.last_drawn is not None and now - self.last_drawn < pause:
+            return
+        if self.last_drawn is None and not self.interactive:
+            self.last_drawn = now          # pipes: the first line after `every` s
+            return
+        self.last_drawn = now
+        text = self.render(done, total, now - self.started)
+        if self.interactive:
+            self.stream.write("\r" + text.ljust(self.drawn_width))
+            self.drawn_width = len(text)
+        else:
+            self.stream.write(text + "\n")
+        self.stream.flush()
+
+    def render(self, done, total, elapsed):
+        fraction = done / total if total else 1.0
+        filled = int(fraction * self.WIDTH)
+        bar = "#" * filled + " " * (self.WIDTH - filled)
+        rate = done / elapsed if elapsed > 0 else 0.0
+        remaining = (total - done) / rate if rate > 0 else 0.0
+        return "%s %3d%%|%s| %s/%s [%s<%s, %s/s]" % (
+            self.label, int(100 * fraction), bar, format(done, ","), format(total, ","),
+            format_duration(elapsed), format_duration(remaining), format(int(rate), ","))
+
+    def restart(self, label):
+        """Start timing afresh, under a new label (the next epoch)."""
+        self.label, self.started, self.last_drawn = label, self.clock(), None
+
+    def finish(self):
+        """Wipe the bar from a terminal line, so the next text starts clean."""
+        if self.interactive and self.drawn_width:
+            self.stream.write("\r" + " " * self.drawn_width + "\r")
+            self.stream.flush()
+        self.drawn_width = 0
+
+
+def stream_is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
+
+
+EPOCH_HEADER = "epoch        lr    loss  train acc   test acc    updated    skipped   seconds"
+
+
+def format_epoch_row(stats):
+    """One line of the per-epoch table (test acc '-' where it was not measured)."""
+    test = "%9.2f%%" % (100 * stats.test_accuracy) if stats.test_accuracy >= 0 else "%10s" % "-"
+    return "%5d  %8.5f  %6.4f  %8.2f%%  %s  %9s  %9s  %8.1f" % (
+        stats.epoch, stats.learning_rate, stats.loss, 100 * stats.train_accuracy, test,
+        format(stats.updated, ","), format(stats.skipped, ","), stats.seconds)
+
+
+def format_confusion(matrix):
+    """The 10x10 confusion matrix (rows: true digit, columns: guess) with each
+    digit's accuracy, as text."""
+    lines = ["true\\guess" + "".join("%6d" % g for g in range(N_OUTPUT)) + "   accuracy"]
+    for y, row in enumerate(matrix):
+        total = sum(row)
+        right = "%9.2f%%" % (100.0 * row[y] / total) if total else "%10s" % "-"
+        lines.append("%10d" % y + "".join("%6d" % n for n in row) + right)
+    return "\n".join(lines)
+
+
+def render_digit(image, half=True):
+    """A 28x28 image as text, two pixel rows per line with half-block
+    characters (a terminal cell is about twice as tall as it is wide).
+    half=True first averages 2x2 blocks: 14 columns x 7 lines."""
+    side = IMAGE_SIDE // 2 if half else IMAGE_SIDE
+
+    def ink(row, column):
+        if not half:
+            return image[row * IMAGE_SIDE + column]
+        r, c = 2 * row, 2 * column
+        return (image[r * IMAGE_SIDE + c] + image[r * IMAGE_SIDE + c + 1] +
+                image[(r + 1) * IMAGE_SIDE + c] + image[(r + 1) * IMAGE_SIDE + c + 1]) // 4
+
+    lines = []
+    for row in range(0, side, 2):
+        line = ""
+        for column in range(side):
+            top, bottom = ink(row, column) >= INK_THRESHOLD, ink(row + 1, column) >= INK_THRESHOLD
+            line += "█" if top and bottom else "▀" if top else "▄" if bottom else " "
+        lines.append(line)
+    return lines
+
+
+INK_THRESHOLD = 64     # a pixel this dark or darker is drawn as ink
+GREEN, RED, RESET = "\033[32m", "\033[31m", "\033[0m"
+
+
+def format_digit_grid(items, columns=5, colour=False):
+    """Digits side by side, each captioned with the network's guess.
+
+    items: (image, true label, guess, confidence). A right guess reads `7  99%`;
+    a mistake reads `x4 (7)`: guessed 4, the truth is 7 (in red with colour)."""
+    cell = IMAGE_SIDE // 2 + 2
+    blocks = []
+    for start in range(0, len(items), columns):
+        row_items = items[start:start + columns]
+        drawings = [render_digit(image) for image, _, _, _ in row_items]
+        for line in range(len(drawings[0])):
+            blocks.append("".join(d[line].ljust(cell) for d in drawings).rstrip())
+        captions = []
+        for _, label, guess, confidence in row_items:
+            if guess == label:
+                text, paint = "%d %3d%%" % (guess, round(100 * confidence)), GREEN
+            else:
+                text, paint = "x%d (%d)" % (guess, label), RED
+            padded = text.ljust(cell)
+            captions.append(paint + padded + RESET if colour else padded)
+        blocks.append("".join(captions).rstrip())
+        blocks.append("")
+    return "\n".join(blocks).rstrip("\n")
+
+
+def most_confident_mistakes(evaluation, n):
+    """Indices of the n wrong guesses the network was surest of."""
+    wrong = [k for k, (y, g) in enumerate(zip(evaluation.labels, evaluation.guesses)) if y != g]
+    wrong.sort(key=lambda k: -evaluation.confidences[k])
+    return wrong[:n]
+
+
+# =============================================================================
+# 12. Pictures: SVG curves and PNG images, written by hand
+# =============================================================================
+
+CURVE_COLOURS = {"loss": "#d62728", "train accuracy": "#1f77b4",
+                 "validation accuracy": "#9467bd", "test accuracy": "#2ca02c"}
+
+
+def training_curves(history):
+    """{name: [(epoch, value), ...]} for each curve that was measured: the loss,
+    and train / validation / test accuracy in percent."""
+    curves = {"loss": [(s.epoch, s.loss) for s in history],
+              "train accuracy": [(s.epoch, 100 * s.train_accuracy) for s in history]}
+    for name, field in (("validation accuracy", "validation_accuracy"),
+                        ("test accuracy", "test_accuracy")):
+        points = [(s.epoch, 100 * getattr(s, field)) for s in history if getattr(s, field) >= 0]
+        if points:
+            curves[name] = points
+    return curves
+
+
+def nice_ticks(low, high, count=5):
+    """About `count` round tick values (1, 2 or 5 times a power of ten) covering low..high."""
+    if high <= low:
+        high = low + 1.0
+    raw = (high - low) / count
+    power = 10.0 ** math.floor(math.log10(raw))
+    step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    first = math.floor(low / step) * step
+    ticks = []
+    value = first
+    while value <= high + step * 0.5:
+        ticks.append(round(value, 10))
+        value += step
+    return ticks
+
+
+class Plot:
+    """Maps data coordinates into a pixel box (x to the right, y upwards)."""
+
+    def __init__(self, left, top, width, height, xs, ys):
+        self.left, self.top, self.width, self.height = left, top, width, height
+        self.x_ticks = nice_ticks(min(xs), max(xs))
+        self.y_ticks = nice_ticks(min(ys), max(ys))
+
+    def x(self, value):
+        low, high = self.x_ticks[0], self.x_ticks[-1]
+        return self.left + (value - low) / ((high - low) or 1) * self.width
+
+    def y(self, value):
+        low, high = self.y_ticks[0], self.y_ticks[-1]
+        return self.top + self.height - (value - low) / ((high - low) or 1) * self.height
+
+
+def svg_curves(history, title="mnist_pure training"):
+    """Two panels as SVG text: loss per epoch, and accuracies per epoch, with
+    axes, ticks, labels and a legend. One <polyline> per curve."""
+    curves = training_curves(history)
+    panels = [("loss", ["loss"]), ("accuracy (%)", [n for n in curves if n != "loss"])]
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="900" height="380" '
+             'font-family="sans-serif" font-size="12">',
+             '<rect width="900" height="380" fill="white"/>',
+             '<text x="450" y="22" text-anchor="middle" font-size="15">%s</text>' % xml_escape(title)]
+    for number, (ylabel, names) in enumerate(panels):
+        points = [pt for name in names for pt in curves[name]]
+        plot = Plot(70 + 450 * number, 50, 340, 250, [p[0] for p in points], [p[1] for p in points])
+        parts.extend(svg_axes(plot, ylabel))
+        for row, name in enumerate(names):
+            xy = " ".join("%.1f,%.1f" % (plot.x(e), plot.y(v)) for e, v in curves[name])
+            parts.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s">'
+                         '<title>%s</title></polyline>' % (CURVE_COLOURS[name], xy, name))
+            ly = 60 + 16 * row
+            parts.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>'
+                         % (plot.left + 200, ly, plot.left + 220, ly, CURVE_COLOURS[name]))
+            parts.append('<text x="%d" y="%d">%s</text>' % (plot.left + 225, ly + 4, name))
+    parts.append("</svg>")
+    return "\n".join(parts) + "\n"
+
+
+def svg_axes(plot, ylabel):
+    """The frame, ticks, tick labels and axis titles of one panel."""
+    bottom, right = plot.top + plot.height, plot.left + plot.width
+    parts = ['<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="black"/>'
+             % (plot.left, plot.top, plot.width, plot.height)]
+    for value in plot.x_ticks:
+        x = plot.x(value)
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>' % (x, bottom, x, bottom + 5))
+        parts.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x, bottom + 18, tick_label(value)))
+    for value in plot.y_ticks:
+        y = plot.y(value)
+        parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (plot.left, y, right, y))
+        parts.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (plot.left - 6, y + 4, tick_label(value)))
+    parts.append('<text x="%d" y="%d" text-anchor="middle">epoch</text>' % (plot.left + plot.width // 2, bottom + 38))
+    parts.append('<text x="%d" y="%d" text-anchor="middle" transform="rotate(-90 %d %d)">%s</text>'
+                 % (plot.left - 48, plot.top + plot.height // 2, plot.left - 48,
+                    plot.top + plot.height // 2, ylabel))
+    return parts
+
+
+def tick_label(value):
+    return ("%.4g" % value) if value != int(value) else "%d" % value
+
+
+def xml_escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def png_bytes(width, height, pixels, channels):
+    """A PNG file: 8-bit grey (channels=1) or RGB (3) pixels, row by row.
+
+    PNG = signature, then chunks (length, type, data, CRC-32 of type + data):
+    IHDR (size, bit depth, colour type), IDAT (the zlib-compressed rows, each
+    prefixed by a filter byte, 0 = none), IEND."""
+    def chunk(kind, data):
+        return (struct.pack(">I", len(data)) + kind + data +
+                struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF))
+    stride = width * channels
+    raw = b"".join(b"\x00" + bytes(pixels[r * stride:(r + 1) * stride]) for r in range(height))
+    colour_type = {1: 0, 3: 2}[channels]
+    return (b"\x89PNG\r\n\x1a\n" +
+            chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, colour_type, 0, 0, 0)) +
+            chunk(b"IDAT", zlib.compress(raw, 9)) + chunk(b"IEND", b""))
+
+
+# A 3x5 pixel font: each glyph is 5 rows of 3 bits, drawn top to bottom.
+FONT_3X5 = {
+    "0": "111101101101111", "1": "010110010010111", "2": "111001111100111",
+    "3": "111001111001111", "4": "101101111001001", "5": "111100111001111",
+    "6": "111100111101111", "7": "111001010010010", "8": "111101111101111",
+    "9": "111101111001111", ".": "000000000000010", "%": "101001010100101",
+    "-": "000000111000000", " ": "000000000000000", "(": "010100100100010",
+    ")": "010001001001010", "A": "010101111101101", "C": "111100100100111",
+    "D": "110101101101110", "E": "111100110100111", "H": "101101111101101",
+    "I": "111010010010111", "L": "100100100100111", "N": "110101101101101",
+    "O": "111101101101111", "P": "111101111100100", "R": "110101110101101",
+    "S": "111100111001111", "T": "111010010010010", "U": "101101101101111",
+    "V": "101101101101010", "Y": "101101010010010", "X": "101101010101101",
+}
+
+
+class Canvas:
+    """An RGB raster to draw on, saved as PNG."""
+
+    def __init__(self, width, height, background=(255, 255, 255)):
+        self.width, self.height = width, height
+        self.pixels = bytearray(bytes(background) * (width * height))
+
+    def set(self, x, y, colour):
+        if 0 <= x < self.width and 0 <= y < self.height:
+            k = 3 * (y * self.width + x)
+            self.pixels[k:k + 3] = bytes(colour)
+
+    def rectangle(self, x, y, width, height, colour, fill=False):
+        for yy in range(y, y + height):
+            for xx in range(x, x + width):
+                if fill or yy in (y, y + height - 1) or xx in (x, x + width - 1):
+                    self.set(xx, yy, colour)
+
+    def line(self, x0, y0, x1, y1, colour, thick=1):
+        """A straight line through integer points (Bresenham's idea: step along
+        the longer axis, round the other)."""
+        steps = max(abs(x1 - x0), abs(y1 - y0), 1)
+        for s in range(steps + 1):
+            x = int(round(x0 + (x1 - x0) * s / steps))
+            y = int(round(y0 + (y1 - y0) * s / steps))
+            for dx in range(thick):
+                for dy in range(thick):
+                    self.set(x + dx, y + dy, colour)
+
+    def text(self, x, y, text, colour=(0, 0, 0), scale=1):
+        """Text in the 3x5 font (unknown characters are skipped), top-left at x, y."""
+        for n, char in enumerate(text.upper()):
+            glyph = FONT_3X5.get(char, FONT_3X5[" "])
+            for bit, on in enumerate(glyph):
+                if on == "1":
+                    gx, gy = x + n * 4 * scale + (bit % 3) * scale, y + (bit // 3) * scale
+                    self.rectangle(gx, gy, scale, scale, colour, fill=True)
+
+    def paste_grey(self, x, y, image, side, tint=(0, 0, 0)):
+        """A side x side grey image (0 = paper, 255 = ink) as ink on white."""
+        for r in range(side):
+            for c in range(side):
+                ink = image[r * side + c] / 255.0
+                self.set(x + c, y + r, tuple(int(255 - ink * (255 - t)) for t in tint))
+
+    def png(self):
+        return png_bytes(self.width, self.height, self.pixels, 3)
+
+
+def png_curves(history):
+    """The training curves of svg_curves, as a PNG (text in the 3x5 font)."""
+    curves = training_curves(history)
+    canvas = Canvas(900, 380)
+    panels = [("LOSS", ["loss"]), ("ACCURACY (%)", [n for n in curves if n != "loss"])]
+    for number, (ylabel, names) in enumerate(panels):
+        points = [pt for name in names for pt in curves[name]]
+        plot = Plot(70 + 450 * number, 50, 340, 250, [p[0] for p in points], [p[1] for p in points])
+        left, top, bottom = plot.left, plot.top, plot.top + plot.height
+        canvas.rectangle(left, top, plot.width + 1, plot.height + 1, (0, 0, 0))
+        for value in plot.x_ticks:
+            x = int(plot.x(value))
+            canvas.line(x, bottom, x, bottom + 5, (0, 0, 0))
+            canvas.text(x - 2 * len(tick_label(value)) * 2, bottom + 9, tick_label(value), scale=2)
+        for value in plot.y_ticks:
+            y = int(plot.y(value))
+            canvas.line(left + 1, y, left + plot.width - 1, y, (221, 221, 221))
+            label = tick_label(value)
+            canvas.text(left - 8 - 8 * len(label), y - 5, label, scale=2)
+        canvas.text(left + plot.width // 2 - 20, bottom + 30, "EPOCH", scale=2)
+        canvas.text(left, top - 16, ylabel, scale=2)
+        for row, name in enumerate(names):
+            colour = hex_colour(CURVE_COLOURS[name])
+            xy = [(int(plot.x(e)), int(plot.y(v))) for e, v in curves[name]]
+            for (x0, y0), (x1, y1) in zip(xy, xy[1:]):
+                canvas.line(x0, y0, x1, y1, colour, thick=2)
+            for x, y in xy:
+                canvas.rectangle(x - 2, y - 2, 5, 5, colour, fill=True)
+            ly = top + 10 + 16 * row
+            canvas.line(left + 150, ly, left + 170, ly, colour, thick=2)
+            canvas.text(left + 176, ly - 4, name, scale=2)
+    return canvas.png()
+
+
+def hex_colour(text):
+    return tuple(int(text[k:k + 2], 16) for k in (1, 3, 5))
+
+
+def png_digit_grid(items, columns=10):
+    """Digits (28x28, drawn at 2x) with the guess under each: green frame and
+    label when right, red frame with `guess (truth)` when wrong."""
+    cell_w, cell_h = 64, 80
+    rows = (len(items) + columns - 1) // columns
+    canvas = Canvas(columns * cell_w + 8, rows * cell_h + 8)
+    for n, (image, label, guess, _) in enumerate(items):
+        x, y = 8 + (n % columns) * cell_w, 8 + (n // columns) * cell_h
+        big = bytes(image[(r // 2) * IMAGE_SIDE + c // 2] for r in range(56) for c in range(56))
+        canvas.paste_grey(x, y, big, 56)
+        colour = (0, 150, 0) if guess == label else (210, 0, 0)
+        canvas.rectangle(x - 2, y - 2, 60, 60, colour)
+        canvas.rectangle(x - 3, y - 3, 62, 62, colour)
+        caption = "%d" % guess if guess == label else "%d (%d)" % (guess, label)
+        canvas.text(x, y + 61, caption, colour, scale=2)
+    return canvas.png()
+
+
+def png_weights(network):
+    """Each hidden unit's 784 incoming weights (a column of W1) as a 28x28 tile:
+    blue where ink excites the unit, red where it inhibits it. 16 tiles a row."""
+    n = network.n_hidden
+    columns = 16
+    rows = (n + columns - 1) // columns
+    canvas = Canvas(columns * 30 + 2, rows * 30 + 2, (128, 128, 128))
+    for j in range(n):
+        weights = [network.w1[i][j] for i in range(N_INPUT)]
+        scale = max(max(abs(w) for w in weights), 1e-12)
+        x0, y0 = 2 + (j % columns) * 30, 2 + (j // columns) * 30
+        for i, w in enumerate(weights):
+            t = w / scale                              # -1 .. 1
+            shade = int(255 * (1 - abs(t)))
+            colour = (shade, shade, 255) if t > 0 else (255, shade, shade)
+            canvas.set(x0 + i % IMAGE_SIDE, y0 + i // IMAGE_SIDE, colour)
+    return canvas.png()
+
+
+# =============================================================================
+# 13. Persistence: models and checkpoints as safetensors files
+# =============================================================================
+# safetensors (Hugging Face's format, readable by PyTorch, NumPy, JAX ...):
+#     8 bytes   N, the header's length (unsigned, little-endian)
+#     N bytes   a JSON object: {"name": {"dtype", "shape", "data_offsets": [begin, end]},
+#               ..., "__metadata__": {str: str}}, padded with spaces
+#     the rest  each tensor's values, little-endian, row-major, back to back;
+#               offsets count from the start of this part, end excluded.
+# We store float64 ("F64"): a saved model reloads bit for bit, so a resumed run
+# ends exactly where an uninterrupted one would. (float32 files, as PyTorch
+# writes by default, load too.) Tensors use PyTorch's nn.Linear names and
+# shapes, out x in: fc1.weight is W1 transposed, [128, 784]. Never pickle: a
+# pickle runs code when loaded; this format is data only.
+
+FORMAT_NAME = "mnist_pure"
+FORMAT_VERSION = "1"
+DTYPES = {"F64": "d", "F32": "f"}        # safetensors dtype -> array typecode
+MAX_HEADER_BYTES = 1 << 24
+MAX_MODEL_BYTES = 1 << 28
+
+
+def network_tensors(network, prefix=""):
+    """[(name, shape, values row-major)] in PyTorch's layout."""
+    n = network.n_hidden
+    w1_rows = [network.w1[i] for i in range(N_INPUT)]
+    return [(prefix + "fc1.weight", (n, N_INPUT), [row[j] for j in range(n) for row in w1_rows]),
+            (prefix + "fc1.bias", (n,), list(network.b1)),
+            (prefix + "fc2.weight", (N_OUTPUT, n), [row[k] for k in range(N_OUTPUT) for row in network.w2]),
+            (prefix + "fc2.bias", (N_OUTPUT,), list(network.b2))]
+
+
+def network_from_tensors(path, tensors, prefix=""):
+    """The Network held in a {name: (shape, values)} dict; MnistError if the
+    shapes are not those of a 784-H-10 network."""
+    names = [prefix + n for n in ("fc1.weight", "fc1.bias", "fc2.weight", "fc2.bias")]
+    missing = [n for n in names if n not in tensors]
+    if missing:
+        raise MnistError("%s: no tensor %s; not a model of this network" % (path, missing[0]))
+    (w1_shape, w1), (b1_shape, b1), (w2_shape, w2), (b2_shape, b2) = (tensors[n] for n in names)
+    n = b1_shape[0] if len(b1_shape) == 1 else -1
+    expected = [(n, N_INPUT), (n,), (N_OUTPUT, n), (N_OUTPUT,)]
+    for name, shape, want in zip(names, (w1_shape, b1_shape, w2_shape, b2_shape), expected):
+        if tuple(shape) != want or n < 1:
+            raise MnistError("%s: %s has shape %s; a 784-%s-10 network needs %s"
+                             % (path, name, list(shape), n if n > 0 else "H", list(want)))
+    return Network([[w1[j * N_INPUT + i] for j in range(n)] for i in range(N_INPUT)], list(b1),
+                   [[w2[k * n + j] for k in range(N_OUTPUT)] for j in range(n)], list(b2))
+
+
+def safetensors_bytes(tensors, metadata):
+    """A whole safetensors file holding tensors [(name, shape, values)] as F64."""
+    header, blobs, offset = {}, [], 0
+    for name, shape, values in tensors:
+        data = array.array("d", values)
+        if sys.byteorder == "big":
+            data.byteswap()
+        blob = data.tobytes()
+        header[name] = {"dtype": "F64", "shape": list(shape),
+                        "data_offsets": [offset, offset + len(blob)]}
+        blobs.append(blob)
+        offset += len(blob)
+    header["__metadata__"] = {str(k): str(v) for k, v in metadata.items()}
+    text = json.dumps(header, separators=(",", ":")).encode("utf-8")
+    text += b" " * (-len(text) % 8)          # pad: tensor data starts 8-aligned
+    return struct.pack("<Q", len(text)) + text + b"".join(blobs)
+
+
+def write_atomically(path, content):
+    """Write a file so that it is either all there or not changed at all: write
+    a temporary file in the same folder, flush it to disk, then rename it over
+    the target (os.replace is atomic). A crash, a full disk or Ctrl-C leaves
+    the old file as it was and no temporary file behind."""
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise MnistError("cannot write %s: folder %s does not exist" % (path, folder))
+    if os.path.isdir(path):
+        raise MnistError("cannot write %s: it is a folder" % path)
+    if os.path.exists(path) and not os.path.isfile(path):
+        raise MnistError("cannot write %s: it is not a regular file" % path)
+    temporary = None
+    try:
+        handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                             suffix=".tmp")
+        os.chmod(temporary, new_file_mode(path))
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(content)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+        temporary = None
+    except OSError as e:
+        raise MnistError("cannot write %s: %s" % (path, e.strerror or describe(e)))
+    finally:
+        if temporary is not None and os.path.exists(temporary):
+            os.unlink(temporary)
+
+
+def new_file_mode(path):
+    """The permissions a plain open() would give path (mkstemp's are owner-only)."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
+def parse_safetensors(path, content):
+    """({name: (shape, values)}, metadata) from a file's bytes. Strict: any
+    inconsistency is a MnistError naming the file and what is wrong."""
+    def fail(problem):
+        raise MnistError("%s: not a valid safetensors file: %s" % (path, problem))
+    if len(content) < 8:
+        fail("only %d bytes long" % len(content))
+    (length,) = struct.unpack("<Q", content[:8])
+    if length > MAX_HEADER_BYTES or 8 + length > len(content):
+        fail("header length %d does not fit in the file (%d bytes)" % (length, len(content)))
+    header = parse_header(content[8:8 + length], fail)
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        fail("__metadata__ must map strings to strings")
+    data = content[8 + length:]
+    tensors, expected_start = {}, 0
+    for name, entry in sorted(header.items(), key=lambda item: tensor_start(item[1])):
+        shape, typecode, begin, end = check_tensor_entry(name, entry, fail)
+        if begin != expected_start:
+            fail("tensor %s starts at byte %d, expected %d (gap or overlap)" % (name, begin, expected_start))
+        if end > len(data):
+            fail("tensor %s ends at byte %d, past the end of the data (%d)" % (name, end, len(data)))
+        values = array.array(typecode, data[begin:end])
+        if sys.byteorder == "big":
+            values.byteswap()
+        if not all(-INFINITY < v < INFINITY for v in values):
+            fail("tensor %s holds a NaN or infinite value" % name)
+        tensors[name] = (shape, values.tolist())
+        expected_start = end
+    if expected_start != len(data):
+        fail("%d bytes after the last tensor" % (len(data) - expected_start))
+    return tensors, metadata
+
+
+INFINITY = float("inf")
+
+
+def parse_header(raw, fail):
+    """The header's JSON object, refusing what json alone would let through."""
+    def no_duplicates(pairs):
+        seen = {}
+        for key, value in pairs:
+            if key in seen:
+                fail("duplicate key %r in the header" % key)
+            seen[key] = value
+        return seen
+
+    def no_constants(name):
+        fail("%s in the header" % name)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        fail("header is not UTF-8")
+    if not text.startswith("{"):
+        fail("header does not start with '{'")
+    try:
+        header = json.loads(text, object_pairs_hook=no_duplicates, parse_constant=no_constants)
+    except (ValueError, RecursionError) as e:
+        fail("header is not valid JSON (%s)" % describe(e))
+    if not isinstance(header, dict):
+        fail("header is not a JSON object")
+    return header
+
+
+def tensor_start(entry):
+    offsets = entry.get("data_offsets") if isinstance(entry, dict) else None
+    ok = isinstance(offsets, list) and offsets and type(offsets[0]) is int
+    return offsets[0] if ok else -1
+
+
+def check_tensor_entry(name, entry, fail):
+    """(shape, array typecode, begin, end) of one header entry, all checked."""
+    if not isinstance(entry, dict):
+        fail("entry %s is not an object" % name)
+    dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if dtype not in DTYPES:
+        fail("tensor %s has dtype %r; this program reads %s" % (name, dtype, " or ".join(DTYPES)))
+    if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 1 << 31 for d in shape)):
+        fail("tensor %s has a bad shape %r" % (name, shape))
+    if not (isinstance(offsets, list) and len(offsets) == 2 and
+            all(type(o) is int and o >= 0 for o in offsets) and offsets[0] <= offsets[1]):
+        fail("tensor %s has bad data_offsets %r" % (name, offsets))
+    count = 1
+    for d in shape:
+        count *= d
+    size = array.array(DTYPES[dtype]).itemsize
+    if offsets[1] - offsets[0] != count * size:
+        fail("tensor %s: shape %s needs %d bytes, offsets give %d"
+             % (name, shape, count * size, offsets[1] - offsets[0]))
+    return tuple(shape), DTYPES[dtype], offsets[0], offsets[1]
+
+
+def read_safetensors(path):
+    """Read and parse a safetensors file; MnistError for any problem."""
+    try:
+        if os.path.isdir(path):
+            raise MnistError("%s: is a folder, not a model file" % path)
+        size = os.path.getsize(path)
+        if size > MAX_MODEL_BYTES:
+            raise MnistError("%s: %d bytes, too large for a model of this network" % (path, size))
+        with open(path, "rb") as stream:
+            content = stream.read()
+    except FileNotFoundError:
+        raise MnistError("%s: model file not found" % path)
+    except OSError as e:
+        raise MnistError("%s: cannot read it (%s)" % (path, e.strerror or describe(e)))
+    return parse_safetensors(path, content)
+
+
+def save_model(path, network, metadata, extra_tensors=()):
+    """Write network (and any extra tensors) to path, atomically."""
+    info = {"format": FORMAT_NAME, "format_version": FORMAT_VERSION,
+            "architecture": "784-%d-10 relu softmax" % network.n_hidden,
+            "input": "28x28 pixels row by row, x = byte / 255, ink = 1",
+            "dtype_note": "F64, PyTorch nn.Linear names and [out, in] shapes"}
+    info.update(metadata)
+    write_atomically(path, safetensors_bytes(network_tensors(network) + list(extra_tensors), info))
+
+
+def load_model(path):
+    """(Network, metadata) from a safetensors file written by save_model."""
+    tensors, metadata = read_safetensors(path)
+    return network_from_tensors(path, tensors), metadata
+
+
+# =============================================================================
+# 14. Your own digit: reading PNG and PGM, and preparing it as MNIST was
+# =============================================================================
+
+MAX_IMAGE_PIXELS = 4000000     # larger images are refused: scale them down first
+MAX_IMAGE_FILE_BYTES = 64 << 20
+IMAGE_FORMATS = "PNG or PGM/PBM/PPM"
+
+
+def read_image(path):
+    """(width, height, luminance bytes 0 = black .. 255 = white) of an image file."""
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_FILE_BYTES:
+            raise MnistError("%s: file is larger than %d MiB; too large for an image of a digit"
+                             % (path, MAX_IMAGE_FILE_BYTES >> 20))
+        with open(path, "rb") as stream:
+            content = stream.read()
+    except FileNotFoundError:
+        raise MnistError("%s: image not found" % path)
+    except IsADirectoryError:
+        raise MnistError("%s: is a folder, not an image" % path)
+    except OSError as e:
+        raise MnistError("%s: cannot read it (%s)" % (path, e.strerror or describe(e)))
+    if content.startswith(PNG_SIGNATURE):
+        return read_png(path, content)
+    if content[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
+        return read_netpbm(path, content)
+    raise MnistError("%s: not an image this program reads (%s)" % (path, IMAGE_FORMATS))
+
+
+def check_image_size(path, width, height):
+    if width < 1 or height < 1:
+        raise MnistError("%s: image has no pixels (%dx%d)" % (path, width, height))
+    if width * height > MAX_IMAGE_PIXELS:
+        raise MnistError("%s: image is %dx%d, more than the %d megapixels this program reads; "
+                         "scale it down first" % (path, width, height, MAX_IMAGE_PIXELS // 1000000))
+
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_CHANNELS = {0: 1, 2: 3, 3: 1, 4: 2, 6: 4}      # colour type -> samples per pixel
+PNG_DEPTHS = {0: (1, 2, 4, 8, 16), 2: (8, 16), 3: (1, 2, 4, 8), 4: (8, 16), 6: (8, 16)}
+
+
+def png_chunks(path, content):
+    """[(type, data)] of a PNG file, every CRC checked."""
+    chunks, at = [], len(PNG_SIGNATURE)
+    while at < len(content):
+        if at + 8 > len(content):
+            raise MnistError("%s: PNG file is cut short" % path)
+        length, kind = struct.unpack(">I4s", content[at:at + 8])
+        end = at + 8 + length
+        if end + 4 > len(content):
+            raise MnistError("%s: PNG file is cut short (in a %r chunk)" % (path, kind.decode("latin-1")))
+        data = content[at + 8:end]
+        (crc,) = struct.unpack(">I", content[end:end + 4])
+        if zlib.crc32(kind + data) & 0xFFFFFFFF != crc:
+            raise MnistError("%s: damaged PNG (bad checksum in a %r chunk)" % (path, kind.decode("latin-1")))
+        chunks.append((kind, data))
+        at = end + 4
+        if kind == b"IEND":
+            break
+    return chunks
+
+
+def read_png(path, content):
+    """Decode a PNG: grey, RGB, palette, with or without alpha, 1-16 bits."""
+    chunks = png_chunks(path, content)
+    if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+        raise MnistError("%s: PNG without a valid IHDR header" % path)
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    if colour not in PNG_CHANNELS or depth not in PNG_DEPTHS[colour] or compression or filtering:
+        raise MnistError("%s: unsupported PNG (colour type %d, bit depth %d)" % (path, colour, depth))
+    if interlace:
+        raise MnistError("%s: interlaced PNG is not supported; save it without interlacing" % path)
+    check_image_size(path, width, height)
+    palette = b"".join(d for k, d in chunks if k == b"PLTE")
+    alpha_table = b"".join(d for k, d in chunks if k == b"tRNS")
+    if colour == 3 and not palette:
+        raise MnistError("%s: palette PNG without a palette" % path)
+    channels = PNG_CHANNELS[colour]
+    bits_per_pixel = channels * depth
+    stride = (width * bits_per_pixel + 7) // 8
+    expected = height * (stride + 1)
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(b"".join(d for k, d in chunks if k == b"IDAT"), expected + 1)
+    except zlib.error as e:
+        raise MnistError("%s: damaged PNG image data (%s)" % (path, describe(e)))
+    if len(raw) != expected:
+        raise MnistError("%s: PNG image data is %d bytes, expected %d" % (path, len(raw), expected))
+    rows = png_unfilter(path, raw, height, stride, max(1, bits_per_pixel // 8))
+    samples = png_samples(rows, width, depth, channels)
+    return width, height, png_luminance(path, samples, colour, depth, palette, alpha_table)
+
+
+def png_unfilter(path, raw, height, stride, bpp):
+    """Undo PNG's per-row filters. Each row starts with its filter type; the
+    filters predict a byte from its left (a), upper (b) and upper-left (c)
+    neighbours and store the difference, mod 256."""
+    previous = bytearray(stride)
+    rows = []
+    for r in range(height):
+        kind = raw[r * (stride + 1)]
+        row = bytearray(raw[r * (stride + 1) + 1:(r + 1) * (stride + 1)])
+        if kind == 1:                                           # Sub: + a
+            for i in range(bpp, stride):
+                row[i] = (row[i] + row[i - bpp]) & 255
+        elif kind == 2:                                         # Up: + b
+            row = bytearray((x + y) & 255 for x, y in zip(row, previous))
+        elif kind == 3:                                         # Average: + (a + b) // 2
+            for i in range(stride):
+                left = row[i - bpp] if i >= bpp else 0
+                row[i] = (row[i] + (left + previous[i]) // 2) & 255
+        elif kind == 4:                                         # Paeth: + a, b or c
+            for i in range(stride):
+                a = row[i - bpp] if i >= bpp else 0
+                b, c = previous[i], previous[i - bpp] if i >= bpp else 0
+                p = a + b - c
+                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+                row[i] = (row[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
+        elif kind != 0:
+            raise MnistError("%s: damaged PNG (row %d has filter type %d)" % (path, r, kind))
+        rows.append(row)
+        previous = row
+    return rows
+
+
+def png_samples(rows, width, depth, channels):
+    """Each row's samples as ints: bits unpacked below 8, high byte of 16."""
+    count = width * channels
+    if depth == 8:
+        return [list(row[:count]) for row in rows]
+    if depth == 16:
+        return [list(row[0:2 * count:2]) for row in rows]
+    per_byte, mask = 8 // depth, (1 << depth) - 1
+    return [[(row[n // per_byte] >> (8 - depth * (n % per_byte + 1))) & mask
+             for n in range(count)] for row in rows]
+
+
+def png_luminance(path, samples, colour, depth, palette, alpha_table):
+    """Flatten decoded samples to luminance bytes, compositing alpha over white."""
+    top = (1 << min(depth, 8)) - 1 if colour in (0, 4) else 255
+    out = bytearray()
+    for row in samples:
+        for n in range(len(row) // PNG_CHANNELS[colour]):
+            if colour == 3:
+                index = row[n]
+                if 3 * index + 3 > len(palette):
+                    raise MnistError("%s: damaged PNG (colour %d is not in the palette)" % (path, index))
+                r, g, b = palette[3 * index:3 * index + 3]
+                alpha = alpha_table[index] if index < len(alpha_table) else 255
+            elif colour in (0, 4):
+                r = g = b = row[n * PNG_CHANNELS[colour]] * 255 // top
+                alpha = row[2 * n + 1] if colour == 4 else 255
+            else:
+                r, g, b = row[n * PNG_CHANNELS[colour]:n * PNG_CHANNELS[colour] + 3]
+                alpha = row[4 * n + 3] if colour == 6 else 255
+            grey = (299 * r + 587 * g + 114 * b) // 1000
+            out.append((grey * alpha + 255 * (255 - alpha)) // 255)
+    return bytes(out)
+
+
+def read_netpbm(path, content):
+    """Decode PBM/PGM/PPM (P1-P6): a text header, then ASCII or binary values."""
+    kind = content[1:2]
+    fields, at = [], 2
+    needed = 2 if kind in (b"1", b"4") else 3
+    tokens = re.compile(rb"\s*(?:#[^\n]*\n\s*)*(\d+)")
+    while len(fields) < needed:
+        match = tokens.match(content, at)
+        if not match:
+            raise MnistError("%s: damaged P%s header" % (path, kind.decode()))
+        fields.append(int(match.group(1)))
+        at = match.end()
+    width, height = fields[0], fields[1]
+    top = fields[2] if needed == 3 else 1
+    check_image_size(path, width, height)
+    if not 0 < top < 65536:
+        raise MnistError("%s: maximum value %d is outside 1..65535" % (path, top))
+    channels = 3 if kind in (b"3", b"6") else 1
+    count = width * height * channels
+    if kind in (b"1", b"2", b"3"):
+        values = [int(v) for v in re.findall(rb"\d" if kind == b"1" else rb"\d+",
+                                             re.sub(rb"#[^\n]*", b"", content[at:]))[:count]]
+    elif kind == b"4":
+        stride = (width + 7) // 8
+        body = content[at + 1:at + 1 + stride * height]
+        values = [(body[r * stride + c // 8] >> (7 - c % 8)) & 1
+                  for r in range(height) for c in range(width)] if len(body) == stride * height else []
+    else:
+        size = 2 if top > 255 else 1
+        body = content[at + 1:at + 1 + count * size]
+        values = list(body) if size == 1 else list(body[0::2])
+        top = top if size == 1 else top >> 8
+    if len(values) != count:
+        raise MnistError("%s: P%s image data is cut short" % (path, kind.decode()))
+    if kind in (b"1", b"4"):                        # PBM: 1 = black
+        return width, height, bytes(0 if v else 255 for v in values)
+    if channels == 3:
+        values = [(299 * values[k] + 587 * values[k + 1] + 114 * values[k + 2]) // 1000
+                  for k in range(0, count, 3)]
+    return width, height, bytes(min(255, v * 255 // max(top, 1)) for v in values)
+
+
+def prepare_digit(width, height, luminance):
+    """A photo or drawing of a digit as a 28x28 MNIST image (784 bytes, ink = 255).
+
+    MNIST's digits were prepared this way, and the network only knows digits
+    prepared this way:
+      1. ink is bright: a light background (judged by the border) is inverted,
+         and the background's own level is subtracted;
+      2. crop to the ink's bounding box;
+      3. scale so the longer side is 20 pixels, keeping the aspect ratio
+         (each new pixel averages the area it covers: grey edges, as in MNIST);
+      4. place it in 28x28 with its centre of mass at the centre."""
+    ink = to_ink(width, height, luminance)
+    box = ink_box(width, height, ink)
+    if box is None:
+        return bytes(N_INPUT)
+    left, top, right, bottom = box
+    w, h = right - left, bottom - top
+    crop = [ink[r * width + c] for r in range(top, bottom) for c in range(left, right)]
+    scale = 20.0 / max(w, h)
+    new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    scaled = resample(crop, w, h, new_w, new_h)
+    return centre_by_mass(scaled, new_w, new_h)
+
+
+def to_ink(width, height, luminance):
+    """Ink levels 0..255 (bright ink on a dark background, like MNIST)."""
+    border = ([luminance[c] for c in range(width)] +
+              [luminance[(height - 1) * width + c] for c in range(width)] +
+              [luminance[r * width] for r in range(height)] +
+              [luminance[r * width + width - 1] for r in range(height)])
+    border.sort()
+    paper = border[len(border) // 2]                  # median border level
+    if paper > 127:                                   # dark ink on light paper
+        ink = [255 - v for v in luminance]
+        paper = 255 - paper
+    else:
+        ink = list(luminance)
+    top = max(ink)
+    if top <= paper:
+        return [0] * len(ink)
+    return [max(0, v - paper) * 255 // (top - paper) for v in ink]
+
+
+def ink_box(width, height, ink, threshold=40):
+    """(left, top, right, bottom) around the ink, right/bottom excluded; None if blank."""
+    rows = [r for r in range(height) if max(ink[r * width:(r + 1) * width]) >= threshold]
+    if not rows:
+        return None
+    columns = [c for c in range(width) if max(ink[c::width]) >= threshold]
+    return columns[0], rows[0], columns[-1] + 1, rows[-1] + 1
+
+
+def resample(image, width, height, new_width, new_height):
+    """Box-filter resampling: each new pixel is the average of the old area it
+    covers (fractions of pixels counted by their share). Rows first, then columns."""
+    def weights(old, new):
+        """For each new index, [(old index, share)] of the old pixels it covers."""
+        ratio = old / new
+        table = []
+        for n in range(new):
+            start, end = n * ratio, (n + 1) * ratio
+            parts = []
+            k = int(start)
+            while k < end and k < old:
+                share = min(end, k + 1) - max(start, k)
+                if share > 1e-12:
+                    parts.append((k, share / ratio))
+                k += 1
+            table.append(parts)
+        return table
+    across, down = weights(width, new_width), weights(height, new_height)
+    rows = [[sum(image[r * width + k] * s for k, s in parts) for parts in across] for r in range(height)]
+    return [[sum(rows[k][c] * s for k, s in parts) for c in range(new_width)] for parts in down]
+
+
+def centre_by_mass(image, width, height):
+    """Paste a small image into 28x28 so its centre of mass lands on pixel (14, 14)."""
+    mass = sum(sum(row) for row in image) or 1.0
+    cy = sum(r * sum(row) for r, row in enumerate(image)) / mass
+    cx = sum(c * v for row in image for c, v in enumerate(row)) / mass
+    dy, dx = int(round(IMAGE_SIDE / 2 - cy)), int(round(IMAGE_SIDE / 2 - cx))   # as MNIST: (14, 14)
+    out = bytearray(N_INPUT)
+    for r in range(height):
+        for c in range(width):
+            y, x = r + dy, c + dx
+            if 0 <= y < IMAGE_SIDE and 0 <= x < IMAGE_SIDE:
+                out[y * IMAGE_SIDE + x] = min(255, int(round(image[r][c])))
+    return bytes(out)
+
+
+# =============================================================================
+# 15. Checkpoints: a model file that can resume its training
+# =============================================================================
+# Every file this program saves is a model (section 13) whose metadata also
+# holds the recipe and the TrainingState as JSON, so any of them can be
+# resumed. Randomness needs no saved state: each epoch's order is drawn from
+# (seed, epoch) alone (epoch_plan), so (epoch, position) says where to go on.
+
+RECIPE_FIELDS = ("max_train", "epochs", "learning_rate", "lr_decay", "decay_every", "mastery",
+                 "seed", "augment", "n_hidden", "validation", "patience")
+
+
+def save_run(path, engine, settings, state, test_accuracy=None):
+    """Save weights, recipe and training state to path (atomically)."""
+    network = engine.to_network()
+    saved_state = {
+        "recipe": {f: getattr(settings, f) for f in RECIPE_FIELDS},
+        "epoch": state.epoch, "position": state.position,
+        "running": dataclasses.asdict(state.running) if state.running else None,
+        "history": [dataclasses.asdict(s) for s in state.history],
+        "best_epoch": state.best_epoch, "best_accuracy": state.best_accuracy,
+        "stopped_early": state.stopped_early,
+        "rng": "each epoch's order: random.Random('mnist_pure <seed> <epoch>')"}
+    metadata = {"epochs": state.epoch, "seed": settings.seed,
+                "learning_rate": settings.learning_rate,
+                "training_images": settings.max_train,
+                "training_state": json.dumps(saved_state)}
+    if test_accuracy is not None:
+        metadata["test_accuracy"] = "%.4f" % test_accuracy
+    extra = network_tensors(state.best_network, "best.") if state.best_network else []
+    save_model(path, network, metadata, extra)
+
+
+def load_run(path):
+    """(network, metadata, recipe dict, TrainingState) from a saved file; recipe
+    and state are None for a model saved without them (e.g. by another tool)."""
+    tensors, metadata = read_safetensors(path)
+    network = network_from_tensors(path, tensors)
+    if "training_state" not in metadata:
+        return network, metadata, None, None
+    try:
+        saved = json.loads(metadata["training_state"])
+        recipe = {f: saved["recipe"][f] for f in RECIPE_FIELDS}
+        for field in RECIPE_FIELDS:
+            kind = type(getattr(Settings, field))
+            if not isinstance(recipe[field], (int, float) if kind is float else kind):
+                raise TypeError(field)
+        state = TrainingState(
+            epoch=int(saved["epoch"]), position=int(saved["position"]),
+            running=epoch_stats_from(saved["running"]) if saved["running"] else None,
+            history=[epoch_stats_from(s) for s in saved["history"]],
+            best_epoch=int(saved["best_epoch"]), best_accuracy=float(saved["best_accuracy"]),
+            stopped_early=bool(saved["stopped_early"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise MnistError("%s: damaged training state in the metadata (%s)" % (path, describe(e)))
+    if "best.fc1.weight" in tensors:
+        state.best_network = network_from_tensors(path, tensors, "best.")
+    return network, metadata, recipe, state
+
+
+def epoch_stats_from(fields):
+    """EpochStats from its saved dict, every field a number."""
+    stats = EpochStats(**fields)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in dataclasses.astuple(stats)):
+        raise TypeError("epoch figures must be numbers")
+    return stats
+
+
+# =============================================================================
+# 16. Command line
+# =============================================================================
+
+DEFAULT_MODEL = os.path.join(HERE, "model.safetensors")
+DEFAULT_CHECKPOINT = os.path.join(HERE, "checkpoint.safetensors")
+DEFAULT_VALIDATION = 5000        # held-out images when --patience asks for early stopping
+
+EXAMPLES = """examples:
+  python mnist_pure.py                        train on 1,000 images, test on 10,000
+  python mnist_pure.py --max-train 60000      all 60,000 images: 98%% in ~3 minutes
+  python mnist_pure.py --max-train 60000 --epochs 1 --save
+  python mnist_pure.py --load                 test the saved model.safetensors
+  python mnist_pure.py --resume checkpoint.safetensors --epochs 20
+  python mnist_pure.py --augment --epochs 60  1,000 images and random shifts: ~93%%
+  python mnist_pure.py --plot curves.svg --plot-weights weights.png
+  python mnist_pure.py predict digit.png      read your own handwriting
+  python mnist_pure.py --trace                one training step, told step by step
+  python mnist_pure.py --gradcheck            backprop checked by finite differences
+
+On a terminal, with no options, it asks a few questions first.
+Environment: MAX_TRAIN and MAX_TEST set --max-train and --max-test (options win).
+Exit codes: 0 done, 1 error (explained in one line), 2 bad usage, 130 interrupted."""
+
+
+class Console:
+    """Where the program talks: output and error streams, and (on a terminal)
+    a way to ask. Tests pass their own."""
+
+    def __init__(self, out=None, err=None, input=None, interactive=None):
+        self.out = out or sys.stdout
+        self.err = err or sys.stderr
+        self.input = input or builtins_input
+        self.interactive = (stream_is_terminal(sys.stdin) and stream_is_terminal(self.out)
+                            if interactive is None else interactive)
+
+    def say(self, text=""):
+        self.out.write(text + "\n")
+        self.out.flush()
+
+    def note(self, text):
+        self.err.write(text + "\n")
+        self.err.flush()
+
+    def colour(self):
+        return stream_is_terminal(self.out) and not os.environ.get("NO_COLOR")
+
+
+def builtins_input(prompt):
+    return input(prompt)
+
+
+def ask(console, question, default, parse=str, attempts=3):
+    """Ask on the terminal; Enter takes the default; a bad answer is asked again
+    (at most `attempts` times). End of input is an error, not a crash."""
+    for _ in range(attempts):
+        try:
+            answer = console.input("%s [%s] " % (question, default)).strip()
+        except EOFError:
+            raise MnistError("no answer to %r (end of input)" % question)
+        if not answer:
+            return parse(str(default))
+        try:
+            return parse(answer)
+        except (ValueError, argparse.ArgumentTypeError) as e:
+            console.note("  %s" % e)
+    raise MnistError("no usable answer to %r after %d tries" % (question, attempts))
+
+
+def whole_number(minimum):
+    """An argparse type: an int >= minimum, with a plain-words error."""
+    def parse(text):
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError("%r is not a whole number" % text)
+        if value < minimum:
+            raise argparse.ArgumentTypeError("must be at least %d, not %d" % (minimum, value))
+        return value
+    return parse
+
+
+def positive_number(text):
+    """An argparse type: a finite float > 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if not 0.0 < value < INFINITY:
+        raise argparse.ArgumentTypeError("must be a positive finite number, not %r" % text)
+    return value
+
+
+def probability(text):
+    """An argparse type: a float in 0..1."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError("must be between 0 and 1, not %r" % text)
+    return value
+
+
+def yes_or_no(text):
+    if text.lower() in ("y", "yes"):
+        return True
+    if text.lower() in ("n", "no"):
+        return False
+    raise ValueError("answer y or n")
+
+
+def train_or_load(text):
+    if text.lower() in ("t", "train"):
+        return "train"
+    if text.lower() in ("l", "load"):
+        return "load"
+    raise ValueError("answer train or load")
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(
+        prog="mnist_pure.py", allow_abbrev=False, epilog=EXAMPLES,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1])
+    data = parser.add_argument_group("data")
+    data.add_argument("--max-train", type=whole_number(1), metavar="N",
+                      help="training images to use (default %d, all: 60000)" % DEFAULT_MAX_TRAIN)
+    data.add_argument("--max-test", type=whole_number(1), metavar="N",
+                      help="test images to score on (default %d, all of them)" % DEFAULT_MAX_TEST)
+    data.add_argument("--data-dir", metavar="DIR", help="folder with the four MNIST .gz files "
+                      "(default: data/ beside this script)")
+    recipe = parser.add_argument_group("training recipe")
+    recipe.add_argument("--epochs", type=whole_number(1), metavar="N",
+                        help="passes over the training images (default %d)" % DEFAULT_EPOCHS)
+    recipe.add_argument("--lr", type=positive_number, metavar="RATE",
+                        help="starting learning rate (default: 0.05 up to 5,000 images, less beyond)")
+    recipe.add_argument("--lr-decay", type=probability, metavar="F",
+                        help="multiply the rate by F ... (default %g)" % DEFAULT_LR_DECAY)
+    recipe.add_argument("--decay-every", type=whole_number(1), metavar="N",
+                        help="... every N epochs (default %d)" % DEFAULT_DECAY_EVERY)
+    recipe.add_argument("--mastery", type=probability, metavar="P",
+                        help="skip the update of an image answered right with p >= P "
+                             "(default %g)" % DEFAULT_MASTERY)
+    recipe.add_argument("--no-mastery", action="store_true", help="learn from every image")
+    recipe.add_argument("--augment", action="store_true",
+                        help="shift each image by up to %d pixels at random, each time" % MAX_SHIFT)
+    recipe.add_argument("--hidden", type=whole_number(1), metavar="N",
+                        help="hidden units (default %d)" % N_HIDDEN)
+    recipe.add_argument("--seed", type=whole_number(0), metavar="N",
+                        help="random seed: the same seed repeats a run exactly (default %d)"
+                             % DEFAULT_SEED)
+    recipe.add_argument("--validation", type=whole_number(0), metavar="N",
+                        help="hold out the last N training images to watch for early stopping")
+    recipe.add_argument("--patience", type=whole_number(1), metavar="N",
+                        help="stop when validation accuracy has not improved for N epochs, "
+                             "and keep the best epoch's weights")
+    recipe.add_argument("--engine", choices=("auto", "lists", "packed"),
+                        help="lists: plain Python (the reference; fastest on PyPy); packed: "
+                             "integer lanes (fastest on CPython); auto (default): the fastest here")
+    files = parser.add_argument_group("models")
+    files.add_argument("--save", nargs="?", const=DEFAULT_MODEL, metavar="PATH",
+                       help="save the trained model (default path: model.safetensors)")
+    files.add_argument("--load", nargs="?", const=DEFAULT_MODEL, metavar="PATH",
+                       help="test a saved model instead of training one")
+    files.add_argument("--resume", metavar="PATH", help="continue training a saved model or checkpoint")
+    files.add_argument("--checkpoint", metavar="PATH", help="save a checkpoint after every epoch "
+                       "(Ctrl-C saves one too; default checkpoint.safetensors)")
+    output = parser.add_argument_group("output")
+    output.add_argument("--quiet", action="store_true", help="no progress bars")
+    output.add_argument("--json", action="store_true",
+                        help="end with one line of JSON holding the run's figures")
+    output.add_argument("--show", type=whole_number(0), metavar="N",
+                        help="draw N test digits with their guesses (default 25, 0: none)")
+    output.add_argument("--show-mistakes", type=whole_number(0), metavar="N",
+                        help="draw the N most confidently wrong test digits")
+    output.add_argument("--test-each-epoch", action="store_true",
+                        help="score the test set after every epoch (for the table and plots)")
+    output.add_argument("--plot", metavar="PATH", help="training curves as .svg or .png "
+                        "(scores the test set each epoch)")
+    output.add_argument("--plot-digits", metavar="PATH", help="test digits and guesses as .png")
+    output.add_argument("--plot-weights", metavar="PATH",
+                        help="the 128 hidden units' weights as 28x28 tiles, .png")
+    look = parser.add_argument_group("looking inside")
+    look.add_argument("--trace", action="store_true", help="train on one image and explain each step")
+    look.add_argument("--gradcheck", action="store_true",
+                      help="check every gradient against finite differences")
+    return parser
+
+
+# option name -> Settings field, for the options that are None unless given
+OPTION_FIELDS = (("epochs", "epochs"), ("lr", "learning_rate"), ("lr_decay", "lr_decay"),
+                 ("decay_every", "decay_every"), ("mastery", "mastery"), ("seed", "seed"),
+                 ("hidden", "n_hidden"), ("engine", "engine"), ("data_dir", "data_dir"),
+                 ("validation", "validation"), ("patience", "patience"), ("save", "save"),
+                 ("load", "load"), ("resume", "resume"), ("checkpoint", "checkpoint"),
+                 ("show", "show"), ("show_mistakes", "show_mistakes"), ("plot", "plot"),
+                 ("plot_digits", "plot_digits"), ("plot_weights", "plot_weights"))
+
+
+def given_fields(args):
+    """The Settings fields set by an option on the command line."""
+    fields = {field for option, field in OPTION_FIELDS if getattr(args, option) is not None}
+    fields |= {flag for flag in ("augment",) if getattr(args, flag)}
+    if args.no_mastery:
+        fields.add("mastery")
+    return fields
+
+
+def settings_from_args(parser, args, environ):
+    """Settings from parsed options, then environment, then defaults."""
+    settings = Settings()
+    for option, variable in (("max_train", "MAX_TRAIN"), ("max_test", "MAX_TEST")):
+        value = getattr(args, option)
+        if value is None and environ.get(variable, "").strip():
+            try:
+                value = whole_number(1)(environ[variable].strip())
+            except argparse.ArgumentTypeError as e:
+                parser.error("environment variable %s: %s" % (variable, e))
+        if value is not None:
+            setattr(settings, option, value)
+    for option, field in OPTION_FIELDS:
+        if getattr(args, option) is not None:
+            setattr(settings, field, getattr(args, option))
+    for flag in ("augment", "json", "quiet", "test_each_epoch"):
+        setattr(settings, flag, getattr(args, flag))
+    if args.no_mastery:
+        settings.mastery = 0.0
+    if settings.patience and not settings.validation:
+        settings.validation = DEFAULT_VALIDATION
+    if settings.plot:
+        settings.test_each_epoch = True
+    check_usage(parser, args, settings)
+    return settings
+
+
+def check_usage(parser, args, settings):
+    """Combinations of options that make no sense: usage errors (exit 2)."""
+    if args.load is not None and args.resume is not None:
+        parser.error("--load tests a saved model and --resume trains one further: choose one")
+    if args.load is not None and (args.epochs or args.lr or args.save or args.checkpoint):
+        parser.error("--load only tests a model; to train it further, use --resume %s" % args.load)
+    if settings.plot and not settings.plot.lower().endswith((".svg", ".png")):
+        parser.error("--plot: the file name must end in .svg or .png, not %r" % settings.plot)
+    for option, path in (("--plot-digits", settings.plot_digits), ("--plot-weights", settings.plot_weights)):
+        if path and not path.lower().endswith(".png"):
+            parser.error("%s: the file name must end in .png, not %r" % (option, path))
+
+
+def ask_settings(settings, console):
+    """The questions asked on a terminal when no options were given."""
+    console.say("mnist_pure: a neural network learns to read handwritten digits (Enter = default)")
+    if os.path.exists(DEFAULT_MODEL):
+        if ask(console, "A saved model is in %s. Train a new one or load it? (train/load)"
+               % os.path.basename(DEFAULT_MODEL), "train", train_or_load) == "load":
+            settings.load = DEFAULT_MODEL
+            return settings
+    settings.max_train = ask(console, "How many training images? (1-60000)",
+                             settings.max_train, whole_number(1))
+    settings.epochs = ask(console, "How many epochs?", settings.epochs, whole_number(1))
+    exists = os.path.exists(DEFAULT_MODEL)
+    if ask(console, "Save the model as %s%s? (y/n)" % (
+            os.path.basename(DEFAULT_MODEL), ", replacing the saved one" if exists else ""),
+            "n" if exists else "y", yes_or_no):
+        settings.save = DEFAULT_MODEL
+    return settings
+
+
+def load_data(settings, console):
+    """(training set, held-out set or None, test set), cut to the settings' sizes."""
+    train, test = load_mnist(settings.data_dir, console.note)
+    held_out = None
+    available = len(train)
+    if settings.validation:
+        if settings.validation >= len(train):
+            raise MnistError("--validation %d leaves no training images (there are %d)"
+                             % (settings.validation, len(train)))
+        held_out = train.tail(settings.validation)
+        available -= settings.validation
+    if settings.max_train > available:
+        console.note("note: asked for %s training images; using the %s there are%s"
+                     % (format(settings.max_train, ","), format(available, ","),
+                        " besides the held-out ones" if held_out else ""))
+        settings.max_train = available
+    if settings.max_test > len(test):
+        console.note("note: asked for %s test images; using the %s there are"
+                     % (format(settings.max_test, ","), format(len(test), ",")))
+        settings.max_test = len(test)
+    return train.head(settings.max_train), held_out, test.head(settings.max_test)
+
+
+def starting_point(settings, given, console):
+    """(network, TrainingState): fresh, or read from --resume. Resuming takes
+    the saved recipe, except what the command line sets again."""
+    if not settings.resume:
+        return Network.random(random.Random(settings.seed), settings.n_hidden), TrainingState()
+    network, _, recipe, state = load_run(settings.resume)
+    if recipe is None:
+        console.note("note: %s holds no training state; training its weights from epoch 1"
+                     % settings.resume)
+        return network, TrainingState()
+    for field, value in recipe.items():
+        if field in given and getattr(settings, field) != value:
+            console.note("note: resuming with %s = %s instead of the saved %s"
+                         % (field, getattr(settings, field), value))
+        else:
+            setattr(settings, field, value)
+    if network.n_hidden != settings.n_hidden:
+        raise MnistError("%s has %d hidden units, not %d" % (settings.resume, network.n_hidden,
+                                                              settings.n_hidden))
+    return network, state
+
+
+def engine_name(settings):
+    if settings.engine != "auto":
+        return settings.engine
+    return "lists" if sys.implementation.name == "pypy" else "packed"
+
+
+def python_version():
+    return "%s %s" % ("PyPy" if sys.implementation.name == "pypy" else "CPython",
+                      sys.version.split()[0])
+
+
+def describe_run(settings, n_train, n_test, state):
+    decay = ("x%g every %d epochs" % (settings.lr_decay, settings.decay_every)
+             if settings.lr_decay != 1 else "constant")
+    mastery = ("mastery at p >= %g" % settings.mastery) if settings.mastery else "no mastery"
+    lines = ["mnist_pure: a 784-%d-10 network, %s training images%s, %s test images" % (
+                 settings.n_hidden, format(n_train, ","),
+                 " (+%s held out)" % format(settings.validation, ",") if settings.validation else "",
+                 format(n_test, ",")),
+             "%d epochs, learning rate %g (%s), %s%s, seed %d, %s engine on %s" % (
+                 settings.epochs, settings.learning_rate, decay, mastery,
+                 ", augmented" if settings.augment else "", settings.seed,
+                 engine_name(settings), python_version())]
+    if state.epoch or state.position:
+        lines.append("resuming after epoch %d%s" % (state.epoch, ", image %s" % format(
+            state.position, ",") if state.position else ""))
+    return lines
+
+
+class InterruptToStop:
+    """While active, Ctrl-C asks training to stop after the current image
+    (a second Ctrl-C stops at once, saving nothing)."""
+
+    def __init__(self, stop):
+        self.stop = stop
+
+    def handle(self, signum, frame):
+        if self.stop.requested:
+            raise KeyboardInterrupt
+        self.stop.requested = True
+
+    def __enter__(self):
+        self.previous = signal.signal(signal.SIGINT, self.handle)
+        return self
+
+    def __exit__(self, *exc):
+        signal.signal(signal.SIGINT, self.previous)
+
+
+def resume_command(settings, path):
+    extra = "" if settings.data_dir == Settings.data_dir else " --data-dir %s" % settings.data_dir
+    return "python %s --resume %s%s" % (os.path.basename(__file__), path, extra)
+
+
+def run_training(settings, given, console):
+    """Train (or resume), test, report. Returns the exit code."""
+    network, state = starting_point(settings, given, console)
+    train, held_out, test = load_data(settings, console)
+    if state.position > len(train):
+        raise MnistError("%s stopped at image %d of an epoch, but there are %d training images"
+                         % (settings.resume, state.position, len(train)))
+    if not settings.learning_rate:
+        settings.learning_rate = default_learning_rate(len(train))
+    engine = make_engine(network, settings.engine)
+    for line in describe_run(settings, len(train), len(test), state):
+        console.say(line)
+    console.say()
+    console.say(EPOCH_HEADER)
+    for stats in state.history:
+        console.say(format_epoch_row(stats))
+    bar = None if settings.quiet else ProgressBar(console.err, "epoch %d" % (state.epoch + 1))
+
+    def on_epoch(stats, engine):
+        if bar:
+            bar.finish()
+        if settings.test_each_epoch:
+            stats.test_accuracy = evaluate(engine, test, testing_bar(settings, console)).accuracy
+        console.say(format_epoch_row(stats))
+        if settings.checkpoint:
+            save_run(settings.checkpoint, engine, settings, state)
+        if bar:
+            bar.restart("epoch %d" % (stats.epoch + 1))
+
+    stop = StopFlag()
+    with InterruptToStop(stop):
+        engine = fit(engine, train, held_out, settings, state, stop, bar, on_epoch)
+    if bar:
+        bar.finish()
+    if stop.requested:
+        return save_interrupted(settings, engine, state, len(train), console)
+    try:
+        return report_results(settings, console, engine, test, state)
+    except KeyboardInterrupt:
+        return save_interrupted(settings, engine, state, len(train), console)
+
+
+def save_interrupted(settings, engine, state, n_train, console):
+    """Ctrl-C: save where training is, say how to go on, exit 130."""
+    path = settings.checkpoint or DEFAULT_CHECKPOINT
+    save_run(path, engine, settings, state)
+    where = ("in epoch %d at image %s of %s" % (state.epoch + 1, format(state.position, ","),
+                                                 format(n_train, ","))
+             if state.epoch < settings.epochs else "after training, while testing")
+    console.note("interrupted %s; saved a checkpoint to %s. To go on: %s"
+                 % (where, path, resume_command(settings, path)))
+    return 130
+
+
+def testing_bar(settings, console):
+    return None if settings.quiet else ProgressBar(console.err, "testing")
+
+
+def report_results(settings, console, engine, test, state):
+    """Test the trained network and print (and save, and draw) the results."""
+    started = time.perf_counter()
+    bar = testing_bar(settings, console)
+    evaluation = evaluate(engine, test, bar)
+    test_seconds = time.perf_counter() - started
+    if bar:
+        bar.finish()
+    history = state.history
+    train_seconds = sum(s.seconds for s in history)
+    seen = sum(s.seen for s in history)
+    if history:
+        console.say()
+        console.say("trained in %.1f s: %s images seen (%s/s), %s updates, %s mastered images skipped"
+                    % (train_seconds, format(seen, ","), format(int(seen / max(train_seconds, 1e-9)), ","),
+                       format(sum(s.updated for s in history), ","),
+                       format(sum(s.skipped for s in history), ",")))
+    if state.best_network is not None:
+        console.say("early stopping: kept epoch %d (validation accuracy %.2f%%)%s"
+                    % (state.best_epoch, 100 * state.best_accuracy,
+                       ", stopped early" if state.stopped_early else ""))
+    console.say("tested in %.1f s (%s images/s)" % (
+        test_seconds, format(int(len(test) / max(test_seconds, 1e-9)), ",")))
+    report_pictures(settings, console, evaluation, test, engine, history)
+    if settings.save:
+        save_run(settings.save, engine, settings, state, evaluation.accuracy)
+        console.say("saved the model to %s" % settings.save)
+    console.say()
+    console.say(accuracy_line(evaluation))
+    if settings.json:
+        console.say(json.dumps(run_summary(settings, evaluation, state, train_seconds, test_seconds)))
+    return 0
+
+
+def accuracy_line(evaluation):
+    return "test accuracy: %.2f%% (%d/%d)" % (100 * evaluation.accuracy, evaluation.correct,
+                                             evaluation.total)
+
+
+def report_pictures(settings, console, evaluation, test, engine, history):
+    """The confusion matrix, digits in the terminal, and the picture files."""
+    console.say()
+    console.say(format_confusion(evaluation.confusion()))
+
+    def items(indices):
+        return [(test.image(k), evaluation.labels[k], evaluation.guesses[k],
+                 evaluation.confidences[k]) for k in indices]
+    if settings.show:
+        console.say()
+        console.say("the first %d test digits and the network's guesses:" % min(settings.show, len(test)))
+        console.say(format_digit_grid(items(range(min(settings.show, len(test)))),
+                                      colour=console.colour()))
+    if settings.show_mistakes:
+        wrong = most_confident_mistakes(evaluation, settings.show_mistakes)
+        console.say()
+        console.say("the %d most confident mistakes (x guess (truth)):" % len(wrong))
+        if wrong:
+            console.say(format_digit_grid(items(wrong), colour=console.colour()))
+    pictures = []
+    if settings.plot and history:
+        curves = svg_curves(history).encode("utf-8") if settings.plot.lower().endswith(".svg") \
+            else png_curves(history)
+        pictures.append((settings.plot, curves, "training curves"))
+    if settings.plot_digits:
+        pictures.append((settings.plot_digits,
+                         png_digit_grid(items(range(min(settings.show or 50, len(test))))),
+                         "test digits with guesses"))
+    if settings.plot_weights:
+        pictures.append((settings.plot_weights, png_weights(engine.to_network()),
+                         "first-layer weights"))
+    for path, content, what in pictures:
+        write_atomically(path, content)
+        console.say("wrote %s to %s" % (what, path))
+
+
+def run_summary(settings, evaluation, state, train_seconds, test_seconds):
+    """The run's figures as a dict, for --json."""
+    return {"test_accuracy": evaluation.accuracy, "correct": evaluation.correct,
+            "total": evaluation.total, "epochs": state.epoch,
+            "best_epoch": state.best_epoch if state.best_network is not None else None,
+            "train_images": settings.max_train, "learning_rate": settings.learning_rate,
+            "seed": settings.seed, "mastery": settings.mastery, "augment": settings.augment,
+            "engine": engine_name(settings), "python": python_version(),
+            "train_seconds": round(train_seconds, 3), "test_seconds": round(test_seconds, 3),
+            "history": [{"epoch": s.epoch, "learning_rate": s.learning_rate,
+                         "loss": round(s.loss, 6), "train_accuracy": s.train_accuracy,
+                         "test_accuracy": s.test_accuracy if s.test_accuracy >= 0 else None,
+                         "validation_accuracy": (s.validation_accuracy
+                                                 if s.validation_accuracy >= 0 else None),
+                         "updated": s.updated, "skipped": s.skipped,
+                         "seconds": round(s.seconds, 3)} for s in state.history]}
+
+
+def run_evaluation(settings, console):
+    """--load: test a saved model."""
+    network, metadata, _, state = load_run(settings.load)
+    settings.n_hidden = network.n_hidden
+    _, _, test = load_data(settings, console)
+    console.say("mnist_pure: testing %s (%s, trained for %s epochs) on %s test images"
+                % (settings.load, metadata.get("architecture", "784-%d-10" % network.n_hidden),
+                   metadata.get("epochs", "?"), format(len(test), ",")))
+    state = state or TrainingState()
+    settings.save = ""
+    return report_results(settings, console, make_engine(network, settings.engine), test,
+                          TrainingState(history=state.history if settings.plot else []))
+
+
+def run_trace(settings, console):
+    """--trace: one training step on the first test image, told step by step."""
+    _, _, test = load_data(settings, console)
+    network = Network.random(random.Random(settings.seed), settings.n_hidden)
+    lines, _, _ = trace_step(network, test.sample(0), test.labels[0],
+                             settings.learning_rate or default_learning_rate(settings.max_train))
+    for line in lines:
+        console.say(line)
+    return 0
+
+
+GRADCHECK_TOLERANCE = 1e-6
+
+
+def run_gradcheck(settings, console):
+    """--gradcheck: analytic gradients against finite differences."""
+    _, _, test = load_data(settings, console)
+    rng = random.Random(settings.seed)
+    network = Network.random(rng, settings.n_hidden)
+    worst = {}
+    samples = [rng.randrange(len(test)) for _ in range(3)]
+    console.say("gradient check: backward() against centred finite differences "
+                "on test images %s" % ", ".join(map(str, samples)))
+    for k in samples:
+        for name, (error, count) in gradient_check(network, test.sample(k), test.labels[k], rng).items():
+            old = worst.get(name, (0.0, 0))
+            worst[name] = (max(old[0], error), old[1] + count)
+    for name, (error, count) in worst.items():
+        console.say("  %-3s  %5d entries checked   largest relative error %.1e  %s"
+                    % (name, count, error, "ok" if error < GRADCHECK_TOLERANCE else "TOO LARGE"))
+    ok = all(error < GRADCHECK_TOLERANCE for error, _ in worst.values())
+    console.say("all gradients agree (< %g)" % GRADCHECK_TOLERANCE if ok else
+                "some gradients disagree: backward() has a bug")
+    return 0 if ok else 1
+
+
+def build_predict_parser():
+    parser = argparse.ArgumentParser(
+        prog="mnist_pure.py predict", allow_abbrev=False,
+        description="Read handwritten digits from image files (%s) with a saved model. "
+                    "Each image is prepared as MNIST's were: ink made bright on dark, cropped, "
+                    "scaled into 20x20 and centred by its centre of mass in 28x28." % IMAGE_FORMATS,
+        epilog="example: python mnist_pure.py --max-train 60000 --save && "
+               "python mnist_pure.py predict my_seven.png")
+    parser.add_argument("images", nargs="+", metavar="IMAGE", help="PNG, PGM, PBM or PPM files")
+    parser.add_argument("--load", default=DEFAULT_MODEL, metavar="PATH",
+                        help="the model to use (default: model.safetensors beside this script)")
+    parser.add_argument("--no-draw", action="store_true",
+                        help="do not draw the 28x28 image the network saw")
+    return parser
+
+
+def describe_prediction(path, p):
+    """'digit.png: predicted 7 (98.1%), then 1 (1.2%), 9 (0.3%)'."""
+    ranked = sorted(range(N_OUTPUT), key=lambda k: -p[k])
+    return "%s: predicted %d (%.1f%%), then %d (%.1f%%), %d (%.1f%%)" % (
+        path, ranked[0], 100 * p[ranked[0]], ranked[1], 100 * p[ranked[1]],
+        ranked[2], 100 * p[ranked[2]])
+
+
+def run_predict(args, console):
+    """`predict IMAGE...`: the saved model's guess for each image."""
+    if not os.path.exists(args.load):
+        raise MnistError("%s: model file not found; train and save one first: "
+                         "python mnist_pure.py --max-train 60000 --save" % args.load)
+    network, _ = load_model(args.load)
+    failures = 0
+    for path in args.images:
+        try:
+            image = prepare_digit(*read_image(path))
+            if not any(image):
+                raise MnistError("%s: no ink found in the image" % path)
+        except MnistError as e:
+            console.note("error: %s" % one_line(str(e)))
+            failures += 1
+            continue
+        console.say(describe_prediction(path, predict(network, sparse_pixels(image))))
+        if not args.no_draw:
+            console.say("\n".join(render_digit(image, half=False)))
+    return 1 if failures else 0
+
+
+def one_line(text):
+    return " ".join(text.split())
+
+
+def run(argv, console):
+    """Parse the command line and do what it asks."""
+    if argv[:1] == ["predict"]:
+        return run_predict(build_predict_parser().parse_args(argv[1:]), console)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    settings = settings_from_args(parser, args, os.environ)
+    if not argv and console.interactive:
+        settings = ask_settings(settings, console)
+    if args.trace:
+        return run_trace(settings, console)
+    if args.gradcheck:
+        return run_gradcheck(settings, console)
+    if settings.load:
+        return run_evaluation(settings, console)
+    return run_training(settings, given_fields(args), console)
+
+
+def main(argv=None, console=None):
+    """The program: returns the exit code (0 done, 1 error, 2 usage, 130 Ctrl-C)."""
+    console = console or Console()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    try:
+        return run(argv, console)
+    except SystemExit as e:             # argparse: --help (0) or a usage error (2)
+        return e.code if isinstance(e.code, int) else 2
+    except MnistError as e:
+        console.note("error: %s" % one_line(str(e)))
+        return 1
+    except KeyboardInterrupt:
+        console.note("interrupted")
+        return 130
+    except BrokenPipeError:             # e.g. `python mnist_pure.py | head -3`
+        if console.out is sys.stdout:   # no traceback when Python flushes at exit
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+if __name__ == "__main__":
+    sys.exit(main())
