@@ -196,9 +196,12 @@ def exp(x):
 
 def log(x):
     """Natural log.  x = m * 2**e with sqrt(1/2) <= m < sqrt(2), so
-    ln x = e ln2 + ln m, and with s = (m - 1) / (m + 1), |s| <= 0.172:
-        ln m = 2 (s + s**3/3 + s**5/5 + ...)      (the atanh series)
-    eleven terms reach full precision (s**23/23 < 2**-53 * |s|)."""
+    ln x = e ln2 + ln(1 + f) with f = m - 1 (exact), and with s = f / (2 + f),
+    |s| <= 0.172, the atanh series gives
+        ln(1 + f) = 2s + 2s**3/3 + 2s**5/5 + ...  =  f - s (f - R),
+        R = s**2 (2/3 + 2s**2/5 + 2s**4/7 + ...)      (using 2s = f - s f).
+    Written this way the big term f is exact and only a small correction is
+    rounded; ten terms of R reach full precision (s**22 < 2**-53 * 2/3)."""
     if x != x or x == float("inf"):
         return x
     if x <= 0.0:
@@ -208,12 +211,13 @@ def log(x):
     m, e = math.frexp(x)               # x = m * 2**e, 0.5 <= m < 1 (exact)
     if m < 0.7071067811865476:         # sqrt(1/2): keep m near 1
         m, e = m * 2.0, e - 1
-    s = (m - 1.0) / (m + 1.0)
+    f = m - 1.0
+    s = f / (2.0 + f)
     s2 = s * s
     series = 0.0
-    for n in range(21, 0, -2):          # 1/21 + s2 (...)  down to 1/1
-        series = 1.0 / n + s2 * series
-    return e * LN2_HI + (2.0 * s * series + e * LN2_LO)
+    for n in range(21, 1, -2):          # 2/21 + s2 (...)  down to 2/3
+        series = 2.0 / n + s2 * series
+    return e * LN2_HI + ((f - s * (f - s2 * series)) + e * LN2_LO)
 
 
 # =============================================================================

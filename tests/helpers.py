@@ -1,0 +1,78 @@
+"""Shared by the tests: the module under test, the real data, and ways to run
+the program (in-process through main(), or as a real subprocess)."""
+
+import functools
+import io
+import os
+import subprocess
+import sys
+import tempfile
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+
+import mnist_pure  # noqa: E402
+
+SCRIPT = os.path.join(ROOT, "mnist_pure.py")
+DATA = os.path.join(ROOT, "data")
+
+
+@functools.lru_cache(maxsize=None)
+def mnist():
+    """(train, test) Datasets from the committed data, loaded once."""
+    return mnist_pure.load_mnist(DATA, lambda message: None)
+
+
+class Run:
+    """What one call of main() printed and returned."""
+
+    def __init__(self, code, out, err):
+        self.code, self.out, self.err = code, out, err
+
+    @property
+    def last_line(self):
+        return self.out.rstrip("\n").splitlines()[-1]
+
+
+def run_main(*argv, answers=None, interactive=False):
+    """Call mnist_pure.main(argv) with captured output; answers feed ask()."""
+    out, err = io.StringIO(), io.StringIO()
+    replies = list(answers or [])
+
+    def fake_input(prompt):
+        out.write(prompt)
+        if not replies:
+            raise EOFError
+        reply = replies.pop(0)
+        if isinstance(reply, BaseException):
+            raise reply
+        return reply
+    console = mnist_pure.Console(out=out, err=err, input=fake_input, interactive=interactive)
+    old_err = sys.stderr
+    sys.stderr = err                     # argparse writes usage errors to sys.stderr
+    try:
+        code = mnist_pure.main(list(argv), console)
+    finally:
+        sys.stderr = old_err
+    return Run(code, out.getvalue(), err.getvalue())
+
+
+def run_script(*argv, env=None, timeout=300, python=None, cwd=None, stdin=subprocess.DEVNULL):
+    """Run mnist_pure.py as a separate process: (returncode, stdout, stderr)."""
+    environment = dict(os.environ)
+    environment.pop("MAX_TRAIN", None)
+    environment.pop("MAX_TEST", None)
+    environment.update(env or {})
+    done = subprocess.run([python or sys.executable, SCRIPT] + list(argv), cwd=cwd or tempfile.gettempdir(),
+                          env=environment, stdin=stdin, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, timeout=timeout, universal_newlines=True)
+    return done.returncode, done.stdout, done.stderr
+
+
+def assert_one_line_error(test, err, *fragments):
+    """stderr is exactly one line, no traceback, mentioning every fragment."""
+    lines = err.strip().splitlines()
+    test.assertEqual(len(lines), 1, "expected one line on stderr, got:\n" + err)
+    test.assertNotIn("Traceback", err)
+    for fragment in fragments:
+        test.assertIn(fragment, lines[0])
