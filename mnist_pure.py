@@ -2134,6 +2134,14 @@ def probability(text):
     return value
 
 
+def decay_factor(text):
+    """An argparse type: a float in (0, 1]."""
+    value = probability(text)
+    if value == 0.0:
+        raise argparse.ArgumentTypeError("must be above 0 (1 keeps the rate constant)")
+    return value
+
+
 def yes_or_no(text):
     if text.lower() in ("y", "yes"):
         return True
@@ -2150,8 +2158,15 @@ def train_or_load(text):
     raise ValueError("answer train or load")
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse, with usage errors on one line (exit code 2)."""
+
+    def error(self, message):
+        self.exit(2, "%s: error: %s (see --help)\n" % (self.prog, message))
+
+
 def build_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mnist_pure.py", allow_abbrev=False, epilog=EXAMPLES,
         formatter_class=argparse.RawDescriptionHelpFormatter,
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1])
@@ -2167,7 +2182,7 @@ def build_parser():
                         help="passes over the training images (default %d)" % DEFAULT_EPOCHS)
     recipe.add_argument("--lr", type=positive_number, metavar="RATE",
                         help="starting learning rate (default: 0.05 up to 5,000 images, less beyond)")
-    recipe.add_argument("--lr-decay", type=probability, metavar="F",
+    recipe.add_argument("--lr-decay", type=decay_factor, metavar="F",
                         help="multiply the rate by F ... (default %g)" % DEFAULT_LR_DECAY)
     recipe.add_argument("--decay-every", type=whole_number(1), metavar="N",
                         help="... every N epochs (default %d)" % DEFAULT_DECAY_EVERY)
@@ -2332,11 +2347,11 @@ def starting_point(settings, given, console):
                      % settings.resume)
         return network, TrainingState()
     for field, value in recipe.items():
-        if field in given and getattr(settings, field) != value:
+        if field not in given:
+            setattr(settings, field, value)
+        elif getattr(settings, field) != value and field != "epochs":
             console.note("note: resuming with %s = %s instead of the saved %s"
                          % (field, getattr(settings, field), value))
-        else:
-            setattr(settings, field, value)
     if network.n_hidden != settings.n_hidden:
         raise MnistError("%s has %d hidden units, not %d" % (settings.resume, network.n_hidden,
                                                               settings.n_hidden))
@@ -2362,8 +2377,9 @@ def describe_run(settings, n_train, n_test, state):
                  settings.n_hidden, format(n_train, ","),
                  " (+%s held out)" % format(settings.validation, ",") if settings.validation else "",
                  format(n_test, ",")),
-             "%d epochs, learning rate %g (%s), %s%s, seed %d, %s engine on %s" % (
-                 settings.epochs, settings.learning_rate, decay, mastery,
+             "%d epoch%s, learning rate %g (%s), %s%s, seed %d, %s engine on %s" % (
+                 settings.epochs, "s" if settings.epochs != 1 else "", settings.learning_rate,
+                 decay, mastery,
                  ", augmented" if settings.augment else "", settings.seed,
                  engine_name(settings), python_version())]
     if state.epoch or state.position:
@@ -2599,7 +2615,7 @@ def run_gradcheck(settings, console):
 
 
 def build_predict_parser():
-    parser = argparse.ArgumentParser(
+    parser = Parser(
         prog="mnist_pure.py predict", allow_abbrev=False,
         description="Read handwritten digits from image files (%s) with a saved model. "
                     "Each image is prepared as MNIST's were: ink made bright on dark, cropped, "

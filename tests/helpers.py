@@ -48,12 +48,12 @@ def run_main(*argv, answers=None, interactive=False):
             raise reply
         return reply
     console = mnist_pure.Console(out=out, err=err, input=fake_input, interactive=interactive)
-    old_err = sys.stderr
-    sys.stderr = err                     # argparse writes usage errors to sys.stderr
+    old = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err    # argparse writes --help and usage errors there
     try:
         code = mnist_pure.main(list(argv), console)
     finally:
-        sys.stderr = old_err
+        sys.stdout, sys.stderr = old
     return Run(code, out.getvalue(), err.getvalue())
 
 

@@ -1,0 +1,311 @@
+"""The command line, end to end: main([...]) in-process, and the script as a
+real process where exit codes, signals and pipes matter."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import unittest
+
+from helpers import SCRIPT, assert_one_line_error, mnist_pure as m, run_main, run_script
+
+QUICK = ("--max-train", "500", "--epochs", "2", "--max-test", "1000", "--quiet", "--show", "0")
+
+
+class TemporaryFolder(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+
+    def path(self, name):
+        return os.path.join(self.folder, name)
+
+
+class EndToEndTests(TemporaryFolder):
+    def test_a_fresh_run_with_no_terminal_trains_1000_images_and_reaches_88_percent(self):
+        code, out, err = run_script(stdin=subprocess.DEVNULL, cwd=self.folder)
+        self.assertEqual(code, 0, err)
+        last = out.strip().splitlines()[-1]
+        match = re.fullmatch(r"test accuracy: (\d+\.\d\d)% \((\d+)/10000\)", last)
+        self.assertIsNotNone(match, last)
+        self.assertGreaterEqual(float(match.group(1)), 88.0)
+        self.assertIn("1,000 training images", out)
+        self.assertIn("the first 25 test digits", out)
+        self.assertEqual(os.listdir(self.folder), [])         # it wrote nothing
+
+    def test_the_summary_ends_with_the_accuracy_line(self):
+        run = run_main(*QUICK)
+        self.assertEqual(run.code, 0, run.err)
+        self.assertRegex(run.last_line, r"^test accuracy: \d+\.\d\d% \(\d+/1000\)$")
+        self.assertIn("epoch        lr    loss", run.out)
+        self.assertIn("true\\guess", run.out)
+
+    def test_json_is_the_last_line_and_holds_the_figures(self):
+        run = run_main(*QUICK, "--json")
+        summary = json.loads(run.last_line)
+        self.assertEqual((summary["total"], summary["epochs"], summary["train_images"]), (1000, 2, 500))
+        self.assertEqual(len(summary["history"]), 2)
+        self.assertIn("test accuracy: %.2f%%" % (100 * summary["test_accuracy"]), run.out)
+
+    def test_the_same_seed_repeats_a_run_exactly(self):
+        first = json.loads(run_main(*QUICK, "--json", "--seed", "7").last_line)
+        second = json.loads(run_main(*QUICK, "--json", "--seed", "7").last_line)
+        other = json.loads(run_main(*QUICK, "--json", "--seed", "8").last_line)
+        strip = lambda s: [{k: v for k, v in h.items() if k != "seconds"} for h in s["history"]]
+        self.assertEqual(strip(first), strip(second))
+        self.assertEqual(first["correct"], second["correct"])
+        self.assertNotEqual(strip(first), strip(other))
+
+    def test_training_from_a_real_subset_passes_an_accuracy_bar(self):
+        run = run_main("--max-train", "2000", "--epochs", "3", "--quiet", "--show", "0", "--json")
+        self.assertGreater(json.loads(run.last_line)["test_accuracy"], 0.84)
+
+    def test_the_environment_sets_sizes_and_options_win(self):
+        old = dict(os.environ)
+        self.addCleanup(lambda: (os.environ.clear(), os.environ.update(old)))
+        os.environ.update(MAX_TRAIN="300", MAX_TEST="400")
+        summary = json.loads(run_main("--epochs", "1", "--quiet", "--show", "0", "--json").last_line)
+        self.assertEqual((summary["train_images"], summary["total"]), (300, 400))
+        summary = json.loads(run_main("--epochs", "1", "--quiet", "--show", "0", "--json",
+                                      "--max-test", "500").last_line)
+        self.assertEqual((summary["train_images"], summary["total"]), (300, 500))
+
+    def test_asking_for_more_images_than_exist_uses_all_of_them_with_a_notice(self):
+        run = run_main("--max-train", "200", "--max-test", "20000", "--epochs", "1", "--quiet",
+                       "--show", "0")
+        self.assertEqual(run.code, 0)
+        self.assertIn("asked for 20,000 test images; using the 10,000 there are", run.err)
+        self.assertIn("(", run.last_line)
+        self.assertTrue(run.last_line.endswith("/10000)"))
+
+    def test_show_and_show_mistakes_draw_digits(self):
+        run = run_main("--max-train", "300", "--epochs", "1", "--max-test", "200", "--quiet",
+                       "--show", "10", "--show-mistakes", "5")
+        self.assertIn("the first 10 test digits", run.out)
+        self.assertIn("the 5 most confident mistakes", run.out)
+        self.assertIn("█", run.out)
+
+    def test_test_each_epoch_fills_the_tables_test_column(self):
+        run = run_main(*QUICK, "--test-each-epoch", "--json")
+        history = json.loads(run.last_line)["history"]
+        self.assertTrue(all(0 < h["test_accuracy"] <= 1 for h in history))
+
+    def test_early_stopping_reports_the_epoch_it_kept(self):
+        run = run_main("--max-train", "300", "--epochs", "4", "--max-test", "300", "--quiet",
+                       "--show", "0", "--patience", "1", "--validation", "500", "--json")
+        summary = json.loads(run.last_line)
+        self.assertIn(summary["best_epoch"], (1, 2, 3, 4))
+        self.assertIn("early stopping: kept epoch %d" % summary["best_epoch"], run.out)
+        self.assertTrue(all(h["validation_accuracy"] is not None for h in summary["history"]))
+
+
+class SaveLoadResumeTests(TemporaryFolder):
+    def test_load_tests_a_saved_model_and_gets_the_same_accuracy(self):
+        model = self.path("model.safetensors")
+        trained = run_main(*QUICK, "--save", model)
+        self.assertIn("saved the model to " + model, trained.out)
+        loaded = run_main("--load", model, "--max-test", "1000", "--quiet", "--show", "0")
+        self.assertEqual(loaded.code, 0, loaded.err)
+        self.assertEqual(loaded.last_line, trained.last_line)
+
+    def test_two_epochs_equal_one_epoch_then_one_more_resumed(self):
+        whole, half, model = self.path("whole.st"), self.path("half.st"), self.path("half.st")
+        straight = run_main(*QUICK, "--save", whole, "--json")
+        run_main(*(QUICK[:3] + ("1",) + QUICK[4:]), "--save", half)
+        resumed = run_main("--resume", model, "--epochs", "2", "--max-test", "1000", "--quiet",
+                           "--show", "0", "--save", model, "--json")
+        self.assertEqual(resumed.code, 0, resumed.err)
+        self.assertEqual(json.loads(resumed.last_line)["correct"], json.loads(straight.last_line)["correct"])
+        self.assertEqual(m.load_model(whole)[0].w1, m.load_model(model)[0].w1)
+        self.assertEqual(m.load_model(whole)[0].b2, m.load_model(model)[0].b2)
+
+    def test_a_checkpoint_is_written_after_every_epoch(self):
+        checkpoint = self.path("ck.safetensors")
+        run_main(*QUICK, "--checkpoint", checkpoint)
+        _, metadata, recipe, state = m.load_run(checkpoint)
+        self.assertEqual((state.epoch, state.position, metadata["epochs"]), (2, 0, "2"))
+        self.assertEqual(recipe["max_train"], 500)
+
+    def test_load_of_a_missing_model_is_one_line(self):
+        run = run_main("--load", self.path("none.safetensors"))
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "none.safetensors", "not found")
+
+    def test_load_and_resume_together_are_a_usage_error(self):
+        run = run_main("--load", "a", "--resume", "b")
+        self.assertEqual(run.code, 2)
+        assert_one_line_error(self, run.err, "choose one")
+
+
+class UsageTests(unittest.TestCase):
+    def assert_usage_error(self, *argv, fragment=""):
+        run = run_main(*argv)
+        self.assertEqual(run.code, 2, run.err)
+        assert_one_line_error(self, run.err, fragment)
+
+    def test_abbreviated_options_are_refused(self):
+        self.assert_usage_error("--max-tr", "5", fragment="--max-tr")
+        self.assert_usage_error("--ep", "5", fragment="--ep")
+
+    def test_counts_must_be_positive_whole_numbers(self):
+        self.assert_usage_error("--max-train", "0", fragment="at least 1")
+        self.assert_usage_error("--max-train", "-5", fragment="at least 1")
+        self.assert_usage_error("--max-test", "ten", fragment="not a whole number")
+        self.assert_usage_error("--epochs", "1.5", fragment="not a whole number")
+
+    def test_the_learning_rate_must_be_positive_and_finite(self):
+        for bad in ("0", "-0.1", "nan", "inf", "fast"):
+            self.assert_usage_error("--lr", bad, fragment="--lr")
+
+    def test_an_unknown_engine_is_refused(self):
+        self.assert_usage_error("--engine", "turbo", fragment="turbo")
+
+    def test_a_bad_environment_variable_is_a_usage_error(self):
+        old = dict(os.environ)
+        self.addCleanup(lambda: (os.environ.clear(), os.environ.update(old)))
+        os.environ["MAX_TEST"] = "-3"
+        self.assert_usage_error(fragment="MAX_TEST")
+
+    def test_plot_files_need_a_known_extension(self):
+        self.assert_usage_error("--plot", "curves.jpg", fragment=".svg or .png")
+        self.assert_usage_error("--plot-weights", "w.svg", fragment=".png")
+
+    def test_help_shows_examples_and_exits_0(self):
+        run = run_main("--help")
+        self.assertEqual(run.code, 0)
+        self.assertIn("examples:", run.out + run.err)
+
+    def test_a_missing_data_folder_is_one_line_saying_where(self):
+        run = run_main("--data-dir", "/nonexistent/mnist")
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "/nonexistent/mnist", "yann.lecun.com")
+
+
+class InteractiveTests(unittest.TestCase):
+    def setUp(self):
+        # The questions depend on whether a saved model sits beside the script.
+        self.had_model = os.path.exists(m.DEFAULT_MODEL)
+
+    def test_it_asks_for_the_training_size_and_epochs_then_trains(self):
+        answers = ["train"] if self.had_model else []
+        run = run_main(answers=answers + ["300", "1", "n"], interactive=True)
+        self.assertEqual(run.code, 0, run.err)
+        self.assertIn("How many training images?", run.out)
+        self.assertIn("300 training images", run.out)
+        self.assertIn("1 epoch,", run.out)
+
+    def test_enter_takes_the_defaults(self):
+        prompts = []
+        answers = (["train"] if self.had_model else []) + ["", "", "n"]
+        settings = m.ask_settings(m.Settings(), console_answering(answers, prompts))
+        self.assertEqual((settings.max_train, settings.epochs, settings.save), (1000, 10, ""))
+
+    def test_a_bad_answer_is_asked_again(self):
+        prompts = []
+        answers = (["train"] if self.had_model else []) + ["lots", "-1", "200", "3", "maybe", "n"]
+        settings = m.ask_settings(m.Settings(), console_answering(answers, prompts))
+        self.assertEqual((settings.max_train, settings.epochs), (200, 3))
+
+    def test_three_bad_answers_give_up_with_one_line(self):
+        answers = (["train"] if self.had_model else []) + ["x", "y", "z"]
+        run = run_main(answers=answers, interactive=True)
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err.splitlines()[-1], "How many training images")
+
+    def test_end_of_input_at_a_prompt_is_one_line_not_a_traceback(self):
+        run = run_main(answers=[], interactive=True)
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "end of input")
+
+    def test_ctrl_c_at_a_prompt_exits_130(self):
+        run = run_main(answers=[KeyboardInterrupt()], interactive=True)
+        self.assertEqual(run.code, 130)
+        assert_one_line_error(self, run.err, "interrupted")
+
+    def test_options_mean_no_questions(self):
+        run = run_main(*QUICK, answers=[], interactive=True)
+        self.assertEqual(run.code, 0)
+        self.assertNotIn("?", run.out.split("\n")[0])
+
+
+def console_answering(answers, prompts):
+    replies = list(answers)
+
+    def fake_input(prompt):
+        prompts.append(prompt)
+        if not replies:
+            raise EOFError
+        return replies.pop(0)
+    import io
+    return m.Console(out=io.StringIO(), err=io.StringIO(), input=fake_input, interactive=True)
+
+
+class LookingInsideTests(unittest.TestCase):
+    def test_trace_tells_one_step_and_the_loss_goes_down(self):
+        run = run_main("--trace")
+        self.assertEqual(run.code, 0)
+        self.assertIn("p = softmax(z)", run.out)
+        self.assertIn("dz = p - onehot(7)", run.out)
+        before, after = map(float, re.search(r"loss (\S+) -> (\S+) \(down\)", run.out).groups())
+        self.assertLess(after, before)
+        self.assertLessEqual(len(run.out.splitlines()), 24)          # one screen
+
+    def test_gradcheck_reports_every_tensor_below_1e_6(self):
+        run = run_main("--gradcheck")
+        self.assertEqual(run.code, 0, run.out)
+        errors = dict((name, float(err)) for name, err in
+                      re.findall(r"^\s+(\w+)\s+\d+ entries checked\s+largest relative error (\S+)",
+                                 run.out, re.M))
+        self.assertEqual(sorted(errors), ["W1", "W2", "b1", "b2"])
+        self.assertTrue(all(e < 1e-6 for e in errors.values()), errors)
+
+
+class ProcessTests(TemporaryFolder):
+    """Things only a real process shows: signals, pipes, no traceback."""
+
+    def test_ctrl_c_during_training_saves_a_checkpoint_and_exits_130(self):
+        checkpoint = self.path("ck.safetensors")
+        process = subprocess.Popen([sys.executable, SCRIPT, "--max-train", "20000", "--epochs", "2",
+                                    "--checkpoint", checkpoint, "--quiet"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   universal_newlines=True, cwd=self.folder)
+        for line in process.stdout:                 # training starts after the table header
+            if line.startswith("epoch"):
+                break
+        import time
+        time.sleep(1.0)
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=120)
+        self.assertEqual(process.returncode, 130, err)
+        assert_one_line_error(self, err, "interrupted in epoch 1 at image", checkpoint,
+                              "--resume " + checkpoint)
+        _, _, recipe, state = m.load_run(checkpoint)
+        self.assertEqual((state.epoch, recipe["max_train"]), (0, 20000))
+        self.assertGreater(state.position, 0)
+        self.assertEqual([f for f in os.listdir(self.folder) if f.endswith(".tmp")], [])
+
+    def test_a_closed_pipe_ends_quietly(self):
+        process = subprocess.Popen([sys.executable, SCRIPT, "--max-train", "100", "--epochs", "1",
+                                    "--max-test", "100"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=self.folder)
+        for _ in range(3):
+            process.stdout.readline()
+        process.stdout.close()                      # like `| head -3`
+        err = process.stderr.read().decode()
+        process.wait(timeout=120)
+        process.stderr.close()
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("BrokenPipeError", err)
+
+    def test_importing_the_module_does_nothing_but_define(self):
+        done = subprocess.run([sys.executable, "-c", "import mnist_pure"], cwd=os.path.dirname(SCRIPT),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
+        self.assertEqual((done.returncode, done.stdout, done.stderr), (0, b"", b""))
+
+
+if __name__ == "__main__":
+    unittest.main()
