@@ -1089,7 +1089,9 @@ def stream_is_terminal(stream):
         return False
 
 
-EPOCH_HEADER = "epoch        lr    loss  train acc   test acc    updated    skipped   seconds"
+EPOCH_HEADER = "  ".join(title.rjust(width) for title, width in (
+    ("epoch", 5), ("lr", 8), ("loss", 6), ("train acc", 9), ("test acc", 10),
+    ("updated", 9), ("skipped", 9), ("seconds", 8)))
 
 
 def format_epoch_row(stats):
@@ -1198,12 +1200,9 @@ def nice_ticks(low, high, count=5):
     raw = (high - low) / count
     power = 10.0 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
-    first = math.floor(low / step) * step
-    ticks = []
-    value = first
-    while value <= high + step * 0.5:
-        ticks.append(round(value, 10))
-        value += step
+    ticks = [math.floor(low / step) * step]
+    while ticks[-1] < high - step * 1e-9:
+        ticks.append(round(ticks[-1] + step, 10))
     return ticks
 
 

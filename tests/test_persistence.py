@@ -1,0 +1,321 @@
+"""Models on disk: the safetensors format written and read with the standard
+library, the strict loader, atomic writes, and checkpoints."""
+
+import array
+import errno
+import json
+import math
+import os
+import random
+import shutil
+import struct
+import tempfile
+import unittest
+from unittest import mock
+
+from helpers import assert_one_line_error, mnist, mnist_pure as m, run_main
+
+
+def header_and_data(content):
+    (length,) = struct.unpack("<Q", content[:8])
+    return json.loads(content[8:8 + length]), content[8 + length:], length
+
+
+def file_with(header, data=b"", raw_header=None):
+    text = raw_header if raw_header is not None else json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
+def f64(*values):
+    return array.array("d", values).tobytes()
+
+
+class FormatTests(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+        self.network = m.Network.random(random.Random(1))
+        self.path = os.path.join(self.folder, "model.safetensors")
+
+    def test_a_saved_model_loads_bit_for_bit_and_predicts_the_same(self):
+        m.save_model(self.path, self.network, {"seed": 1})
+        loaded, metadata = m.load_model(self.path)
+        for name in ("w1", "b1", "w2", "b2"):
+            self.assertEqual(getattr(loaded, name), getattr(self.network, name))
+        _, test = mnist()
+        for k in range(20):
+            self.assertEqual(loaded.forward(test.sample(k)).p, self.network.forward(test.sample(k)).p)
+        self.assertEqual(metadata["seed"], "1")
+        self.assertEqual(metadata["format"], "mnist_pure")
+
+    def test_the_file_is_safetensors_with_pytorch_names_and_shapes(self):
+        m.save_model(self.path, self.network, {})
+        with open(self.path, "rb") as stream:
+            content = stream.read()
+        header, data, length = header_and_data(content)
+        self.assertEqual(length % 8, 0)
+        self.assertTrue(content[8:9] == b"{")
+        shapes = {name: (entry["dtype"], entry["shape"]) for name, entry in header.items()
+                  if name != "__metadata__"}
+        self.assertEqual(shapes, {"fc1.weight": ("F64", [128, 784]), "fc1.bias": ("F64", [128]),
+                                  "fc2.weight": ("F64", [10, 128]), "fc2.bias": ("F64", [10])})
+        self.assertTrue(all(isinstance(v, str) for v in header["__metadata__"].values()))
+        # fc1.weight is [out, in]: row j, column i holds W1[i][j]
+        begin = header["fc1.weight"]["data_offsets"][0]
+        j, i = 5, 300
+        (value,) = struct.unpack("<d", data[begin + 8 * (j * 784 + i):begin + 8 * (j * 784 + i + 1)])
+        self.assertEqual(value, self.network.w1[i][j])
+        ends = sorted(tuple(e["data_offsets"]) for n, e in header.items() if n != "__metadata__")
+        self.assertEqual(ends[0][0], 0)
+        self.assertEqual(ends[-1][1], len(data))
+
+    def test_float32_files_as_pytorch_writes_them_load_too(self):
+        n = 2
+        tensors = [("fc1.weight", [n, 784], [0.5] * (n * 784)), ("fc1.bias", [n], [0.0, 1.0]),
+                   ("fc2.weight", [10, n], [0.25] * (10 * n)), ("fc2.bias", [10], [0.0] * 10)]
+        header, blobs, offset = {}, b"", 0
+        for name, shape, values in tensors:
+            blob = array.array("f", values).tobytes()
+            header[name] = {"dtype": "F32", "shape": shape, "data_offsets": [offset, offset + len(blob)]}
+            blobs += blob
+            offset += len(blob)
+        with open(self.path, "wb") as stream:
+            stream.write(file_with(header, blobs))
+        network, _ = m.load_model(self.path)
+        self.assertEqual((network.n_hidden, network.b1, network.w1[3][1]), (2, [0.0, 1.0], 0.5))
+
+    def test_the_real_safetensors_library_reads_our_file(self):
+        try:
+            from safetensors.numpy import load_file
+        except ImportError:
+            self.skipTest("safetensors and numpy are not installed (the project never needs them)")
+        m.save_model(self.path, self.network, {"seed": 1})
+        tensors = load_file(self.path)
+        self.assertEqual(tensors["fc1.weight"].shape, (128, 784))
+        self.assertEqual(float(tensors["fc1.weight"][7, 400]), self.network.w1[400][7])
+        self.assertEqual(float(tensors["fc2.weight"][3, 100]), self.network.w2[100][3])
+        self.assertEqual([float(v) for v in tensors["fc2.bias"]], self.network.b2)
+
+
+class StrictLoaderTests(unittest.TestCase):
+    """Every violation: MnistError naming the file and the problem, one line."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+        self.path = os.path.join(self.folder, "bad.safetensors")
+        good = os.path.join(self.folder, "good.safetensors")
+        m.save_model(good, m.Network.random(random.Random(2), n_hidden=4), {})
+        with open(good, "rb") as stream:
+            self.good = stream.read()
+        self.header, self.data, _ = header_and_data(self.good)
+
+    def assert_refused(self, content, *fragments):
+        with open(self.path, "wb") as stream:
+            stream.write(content)
+        with self.assertRaises(m.MnistError) as caught:
+            m.load_run(self.path)
+        message = str(caught.exception)
+        self.assertTrue(message.startswith(self.path), message)
+        self.assertNotIn("\n", message)
+        for fragment in fragments:
+            self.assertIn(fragment, message)
+
+    def changed(self, name, **entry):
+        header = json.loads(json.dumps(self.header))
+        header[name].update(entry)
+        return file_with(header, self.data)
+
+    def test_a_file_too_short_for_the_length_field(self):
+        self.assert_refused(b"\x01\x02", "only 2 bytes")
+
+    def test_a_header_length_past_the_end_of_the_file(self):
+        self.assert_refused(struct.pack("<Q", 10 ** 6) + b"{}", "does not fit")
+
+    def test_a_huge_header_length(self):
+        self.assert_refused(struct.pack("<Q", 2 ** 63) + b"{}" * 8, "does not fit")
+
+    def test_a_header_that_does_not_start_with_a_brace(self):
+        self.assert_refused(file_with(None, raw_header=b' {"a": 1}'), "start with '{'")
+
+    def test_a_header_that_is_not_json(self):
+        self.assert_refused(file_with(None, raw_header=b'{"a": '), "not valid JSON")
+
+    def test_a_header_that_is_not_utf8(self):
+        self.assert_refused(file_with(None, raw_header=b'{"\xff": 1}'), "UTF-8")
+
+    def test_a_deeply_nested_header(self):
+        self.assert_refused(file_with(None, raw_header=b"{\"a\":" + b"[" * 100000 + b"]" * 100000 + b"}"),
+                            "not valid JSON")
+
+    def test_duplicate_keys(self):
+        text = json.dumps(self.header).encode()
+        self.assert_refused(file_with(None, self.data, raw_header=text[:-1] + b', "fc1.bias": {}}'),
+                            "duplicate key 'fc1.bias'")
+
+    def test_nan_written_into_the_header(self):
+        self.assert_refused(file_with(None, raw_header=b'{"x": NaN}'), "NaN")
+
+    def test_an_unknown_dtype(self):
+        self.assert_refused(self.changed("fc1.bias", dtype="BF16"), "fc1.bias", "BF16")
+
+    def test_a_shape_that_disagrees_with_the_offsets(self):
+        self.assert_refused(self.changed("fc2.bias", shape=[11]), "fc2.bias", "88 bytes")
+
+    def test_a_negative_or_fractional_shape(self):
+        self.assert_refused(self.changed("fc2.bias", shape=[-10]), "bad shape")
+        self.assert_refused(self.changed("fc2.bias", shape=[10.0]), "bad shape")
+
+    def test_offsets_that_leave_a_gap(self):
+        begin, end = self.header["fc2.bias"]["data_offsets"]
+        header = json.loads(json.dumps(self.header))
+        header["fc2.bias"]["data_offsets"] = [begin + 8, end + 8]
+        self.assert_refused(file_with(header, self.data + bytes(8)), "gap or overlap")
+
+    def test_offsets_that_overlap(self):
+        header = json.loads(json.dumps(self.header))
+        begin, end = header["fc1.bias"]["data_offsets"]
+        header["fc1.bias"]["data_offsets"] = [begin - 8, end - 8]
+        self.assert_refused(file_with(header, self.data), "gap or overlap")
+
+    def test_offsets_past_the_end_of_the_file(self):
+        self.assert_refused(self.good[:-16], "past the end")
+
+    def test_bytes_after_the_last_tensor(self):
+        self.assert_refused(self.good + bytes(8), "8 bytes after the last tensor")
+
+    def test_bad_offsets(self):
+        self.assert_refused(self.changed("fc2.bias", data_offsets=[5]), "bad data_offsets")
+        self.assert_refused(self.changed("fc2.bias", data_offsets="0-80"), "bad data_offsets")
+
+    def test_nan_and_infinite_weights(self):
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            begin = self.header["fc2.bias"]["data_offsets"][0]
+            data = self.data[:begin] + f64(bad) + self.data[begin + 8:]
+            self.assert_refused(file_with(self.header, data), "fc2.bias", "NaN or infinite")
+
+    def test_metadata_that_is_not_strings(self):
+        header = json.loads(json.dumps(self.header))
+        header["__metadata__"] = {"epochs": 3}
+        self.assert_refused(file_with(header, self.data), "__metadata__")
+
+    def test_a_missing_tensor(self):
+        header = json.loads(json.dumps(self.header))
+        begin, end = header.pop("fc2.bias")["data_offsets"]
+        self.assert_refused(file_with(header, self.data[:begin]), "no tensor fc2.bias")
+
+    def test_a_model_of_another_architecture(self):
+        small_images = [("fc1.weight", (4, 196), [0.0] * 784), ("fc1.bias", (4,), [0.0] * 4),
+                        ("fc2.weight", (10, 4), [0.0] * 40), ("fc2.bias", (10,), [0.0] * 10)]
+        self.assert_refused(m.safetensors_bytes(small_images, {}), "fc1.weight has shape [4, 196]")
+        two_layers = [("fc1.weight", (8, 784), [0.0] * 8 * 784), ("fc1.bias", (8,), [0.0] * 8),
+                      ("fc2.weight", (6, 8), [0.0] * 48), ("fc2.bias", (6,), [0.0] * 6)]
+        self.assert_refused(m.safetensors_bytes(two_layers, {}), "fc2.weight has shape [6, 8]")
+
+    def test_a_truncated_file(self):
+        self.assert_refused(self.good[:len(self.good) // 2])
+
+    def test_an_empty_file(self):
+        self.assert_refused(b"", "only 0 bytes")
+
+    def test_a_folder_given_as_the_model(self):
+        with self.assertRaises(m.MnistError) as caught:
+            m.load_model(self.folder)
+        self.assertIn("is a folder", str(caught.exception))
+
+    def test_a_damaged_training_state(self):
+        header = json.loads(json.dumps(self.header))
+        header["__metadata__"]["training_state"] = '{"epoch": "three"}'
+        self.assert_refused(file_with(header, self.data), "damaged training state")
+
+
+class AtomicWriteTests(unittest.TestCase):
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+        self.path = os.path.join(self.folder, "model.safetensors")
+        with open(self.path, "wb") as stream:
+            stream.write(b"the old model")
+
+    def old_model_is_intact(self):
+        with open(self.path, "rb") as stream:
+            self.assertEqual(stream.read(), b"the old model")
+        self.assertEqual(os.listdir(self.folder), ["model.safetensors"])
+
+    def test_a_full_disk_leaves_the_old_file_and_no_temporary_file(self):
+        with mock.patch("os.fsync", side_effect=OSError(errno.ENOSPC, "No space left on device")):
+            with self.assertRaises(m.MnistError) as caught:
+                m.write_atomically(self.path, b"new content")
+        self.assertIn("No space left on device", str(caught.exception))
+        self.old_model_is_intact()
+
+    def test_ctrl_c_in_the_middle_of_a_write_leaves_the_old_file(self):
+        with mock.patch("os.fsync", side_effect=KeyboardInterrupt):
+            with self.assertRaises(KeyboardInterrupt):
+                m.write_atomically(self.path, b"new content")
+        self.old_model_is_intact()
+
+    def test_a_device_like_dev_full_is_refused_not_replaced(self):
+        if not os.path.exists("/dev/full"):
+            self.skipTest("no /dev/full here")
+        with self.assertRaises(m.MnistError) as caught:
+            m.write_atomically("/dev/full", b"x")
+        self.assertIn("not a regular file", str(caught.exception))
+        self.assertFalse(os.path.isfile("/dev/full"))
+
+    def test_a_missing_folder_is_named(self):
+        with self.assertRaises(m.MnistError) as caught:
+            m.write_atomically(os.path.join(self.folder, "no", "such", "m.st"), b"x")
+        self.assertIn("does not exist", str(caught.exception))
+
+    def test_a_folder_as_the_target_is_refused(self):
+        with self.assertRaises(m.MnistError) as caught:
+            m.write_atomically(self.folder, b"x")
+        self.assertIn("it is a folder", str(caught.exception))
+
+    def test_a_successful_write_replaces_the_file_with_normal_permissions(self):
+        new = os.path.join(self.folder, "new.bin")
+        m.write_atomically(new, b"content")
+        with open(new, "rb") as stream:
+            self.assertEqual(stream.read(), b"content")
+        umask = os.umask(0)
+        os.umask(umask)
+        self.assertEqual(os.stat(new).st_mode & 0o777, 0o666 & ~umask)
+
+    def test_the_command_line_reports_a_failed_save_in_one_line_and_keeps_the_old_model(self):
+        for target, fragment in ((os.path.join(self.folder, "missing", "m.st"), "does not exist"),
+                                 ("/dev/full", "not a regular file"),
+                                 (self.folder, "it is a folder")):
+            run = run_main("--max-train", "100", "--epochs", "1", "--max-test", "100", "--quiet",
+                           "--show", "0", "--save", target)
+            self.assertEqual(run.code, 1)
+            assert_one_line_error(self, run.err, fragment)
+        self.old_model_is_intact()
+
+
+class CheckpointTests(unittest.TestCase):
+    def test_a_checkpoint_holds_the_recipe_and_the_state_to_resume(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "ck.safetensors")
+        settings = m.Settings(max_train=100, epochs=3, learning_rate=0.05, seed=4)
+        state = m.TrainingState(epoch=1, position=40,
+                                running=m.EpochStats(2, 0.05, loss_sum=3.0, seen=40, correct=30),
+                                history=[m.EpochStats(1, 0.05, 10.0, 100, 80, 90, 10, 0.5)],
+                                best_epoch=1, best_accuracy=0.8,
+                                best_network=m.Network.random(random.Random(9)))
+        engine = m.make_engine(m.Network.random(random.Random(4)), "packed")
+        m.save_run(path, engine, settings, state)
+        network, metadata, recipe, loaded = m.load_run(path)
+        self.assertEqual(network.w1, engine.to_network().w1)
+        self.assertEqual((recipe["seed"], recipe["epochs"], recipe["max_train"]), (4, 3, 100))
+        self.assertEqual((loaded.epoch, loaded.position), (1, 40))
+        self.assertEqual(loaded.running, state.running)
+        self.assertEqual(loaded.history, state.history)
+        self.assertEqual(loaded.best_network.w2, state.best_network.w2)
+        self.assertIn("rng", json.loads(metadata["training_state"]))
+
+
+if __name__ == "__main__":
+    unittest.main()

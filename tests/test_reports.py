@@ -1,0 +1,214 @@
+"""What the program shows: progress bars, tables, digits, SVG and PNG pictures."""
+
+import io
+import random
+import struct
+import unittest
+import xml.etree.ElementTree as ElementTree
+import zlib
+
+from helpers import mnist, mnist_pure as m
+
+SVG = "{http://www.w3.org/2000/svg}"
+
+
+class FakeStream(io.StringIO):
+    def __init__(self, terminal):
+        super().__init__()
+        self.terminal = terminal
+
+    def isatty(self):
+        return self.terminal
+
+
+class FakeClock:
+    def __init__(self):
+        self.now = 0.0
+
+    def __call__(self):
+        return self.now
+
+
+def history(epochs=4, with_test=True):
+    return [m.EpochStats(e, 0.05, loss_sum=100.0 / e, seen=100, correct=80 + 4 * e,
+                         updated=50, skipped=50, seconds=1.0,
+                         test_accuracy=(0.8 + 0.03 * e) if with_test else -1.0)
+            for e in range(1, epochs + 1)]
+
+
+def check_png(test, content):
+    """A stdlib check of a PNG: signature, every chunk's CRC, IHDR, and the
+    decompressed size. Returns (width, height, colour type)."""
+    test.assertEqual(content[:8], b"\x89PNG\r\n\x1a\n")
+    at, chunks = 8, []
+    while at < len(content):
+        length, kind = struct.unpack(">I4s", content[at:at + 8])
+        data = content[at + 8:at + 8 + length]
+        (crc,) = struct.unpack(">I", content[at + 8 + length:at + 12 + length])
+        test.assertEqual(zlib.crc32(kind + data) & 0xFFFFFFFF, crc, kind)
+        chunks.append((kind, data))
+        at += 12 + length
+    test.assertEqual([k for k, _ in chunks][0], b"IHDR")
+    test.assertEqual([k for k, _ in chunks][-1], b"IEND")
+    width, height, depth, colour, _, _, _ = struct.unpack(">IIBBBBB", chunks[0][1])
+    channels = {0: 1, 2: 3}[colour]
+    raw = zlib.decompress(b"".join(d for k, d in chunks if k == b"IDAT"))
+    test.assertEqual(len(raw), height * (1 + width * channels * depth // 8))
+    return width, height, colour
+
+
+class ProgressBarTests(unittest.TestCase):
+    def test_on_a_terminal_it_redraws_one_line_in_place(self):
+        stream, clock = FakeStream(terminal=True), FakeClock()
+        bar = m.ProgressBar(stream, "epoch 1", clock=clock)
+        for done in range(0, 1001, 100):
+            clock.now += 0.2
+            bar(done, 1000)
+        self.assertNotIn("\n", stream.getvalue())
+        self.assertEqual(stream.getvalue().count("\r"), 11)
+        last = stream.getvalue().split("\r")[-1]
+        self.assertIn("epoch 1 100%|########################| 1,000/1,000", last)
+        self.assertRegex(last, r"\[0:02<0:00, 454/s\]")
+        bar.finish()
+        self.assertTrue(stream.getvalue().endswith("\r"))
+
+    def test_on_a_terminal_it_redraws_at_most_ten_times_a_second(self):
+        stream, clock = FakeStream(terminal=True), FakeClock()
+        bar = m.ProgressBar(stream, "x", clock=clock)
+        for done in range(100):
+            clock.now += 0.001
+            bar(done, 100)
+        self.assertEqual(stream.getvalue().count("\r"), 1)
+
+    def test_on_a_pipe_it_writes_a_few_plain_lines(self):
+        stream, clock = FakeStream(terminal=False), FakeClock()
+        bar = m.ProgressBar(stream, "epoch 1", clock=clock, every=10.0)
+        for done in range(0, 60000, 200):
+            clock.now += 0.1                       # a 30-second epoch
+            bar(done, 60000)
+        bar.finish()
+        lines = stream.getvalue().splitlines()
+        self.assertNotIn("\r", stream.getvalue())
+        self.assertEqual(len(lines), 2)
+        self.assertTrue(all(line.startswith("epoch 1 ") for line in lines))
+
+    def test_a_short_job_on_a_pipe_writes_nothing(self):
+        stream, clock = FakeStream(terminal=False), FakeClock()
+        bar = m.ProgressBar(stream, "testing", clock=clock)
+        for done in range(0, 1000, 100):
+            clock.now += 0.1
+            bar(done, 1000)
+        self.assertEqual(stream.getvalue(), "")
+
+    def test_durations_read_like_a_clock(self):
+        self.assertEqual(m.format_duration(7), "0:07")
+        self.assertEqual(m.format_duration(754), "12:34")
+        self.assertEqual(m.format_duration(3723), "1:02:03")
+
+
+class TableTests(unittest.TestCase):
+    def test_the_confusion_matrix_counts_every_test_image_once(self):
+        evaluation = m.Evaluation([0, 1, 1, 2, 9], [0, 1, 7, 2, 4], [0.9] * 5)
+        matrix = evaluation.confusion()
+        self.assertEqual(sum(map(sum, matrix)), 5)
+        self.assertEqual((matrix[1][1], matrix[1][7], matrix[9][4]), (1, 1, 1))
+        self.assertEqual((evaluation.correct, evaluation.accuracy), (3, 0.6))
+        text = m.format_confusion(matrix)
+        self.assertIn("50.00%", text)                           # digit 1: one of two
+        self.assertEqual(len(text.splitlines()), 11)
+
+    def test_the_confusion_matrix_of_a_real_run_sums_to_the_test_count(self):
+        _, test = mnist()
+        network = m.Network.random(random.Random(1))
+        evaluation = m.evaluate(network, test.head(300))
+        self.assertEqual(sum(map(sum, evaluation.confusion())), 300)
+
+    def test_an_epoch_row_lines_up_with_the_header(self):
+        row = m.format_epoch_row(history()[0])
+        self.assertEqual(len(row), len(m.EPOCH_HEADER))
+        self.assertIn("83.00%", row)
+        no_test = m.format_epoch_row(history(with_test=False)[0])
+        self.assertEqual(len(no_test), len(m.EPOCH_HEADER))
+
+    def test_the_most_confident_mistakes_come_first(self):
+        evaluation = m.Evaluation([1, 2, 3, 4], [1, 5, 6, 7], [0.99, 0.6, 0.95, 0.7])
+        self.assertEqual(m.most_confident_mistakes(evaluation, 2), [2, 3])
+
+
+class DigitDrawingTests(unittest.TestCase):
+    def test_a_digit_is_drawn_in_half_blocks(self):
+        _, test = mnist()
+        lines = m.render_digit(test.image(0))
+        self.assertEqual((len(lines), {len(line) for line in lines}), (7, {14}))
+        full = m.render_digit(test.image(0), half=False)
+        self.assertEqual((len(full), {len(line) for line in full}), (14, {28}))
+        self.assertTrue(set("".join(full)) <= set(" ▀▄█"))
+        self.assertEqual(m.render_digit(bytes(784)), [" " * 14] * 7)
+
+    def test_the_grid_captions_right_guesses_and_marks_mistakes(self):
+        _, test = mnist()
+        items = [(test.image(0), 7, 7, 0.987), (test.image(1), 2, 3, 0.6)]
+        text = m.format_digit_grid(items)
+        caption = text.splitlines()[-1]
+        self.assertIn("7  99%", caption)
+        self.assertIn("x3 (2)", caption)
+        self.assertNotIn("\033", text)
+        self.assertIn("\033[31m", m.format_digit_grid(items, colour=True))
+
+    def test_five_columns_fit_in_eighty_characters(self):
+        _, test = mnist()
+        items = [(test.image(k), 1, 1, 1.0) for k in range(25)]
+        self.assertLessEqual(max(map(len, m.format_digit_grid(items).splitlines())), 80)
+
+
+class PictureTests(unittest.TestCase):
+    def test_the_svg_is_xml_with_one_polyline_per_curve_and_a_point_per_epoch(self):
+        root = ElementTree.fromstring(m.svg_curves(history(epochs=6)))
+        lines = root.findall(SVG + "polyline")
+        titles = sorted(line.find(SVG + "title").text for line in lines)
+        self.assertEqual(titles, ["loss", "test accuracy", "train accuracy"])
+        for line in lines:
+            self.assertEqual(len(line.get("points").split()), 6)
+        texts = [t.text for t in root.iter(SVG + "text")]
+        self.assertIn("epoch", texts)
+        self.assertIn("loss", texts)
+
+    def test_curves_that_were_not_measured_are_left_out(self):
+        root = ElementTree.fromstring(m.svg_curves(history(epochs=3, with_test=False)))
+        self.assertEqual(len(root.findall(SVG + "polyline")), 2)
+
+    def test_the_png_curves_digits_and_weights_are_valid_pngs(self):
+        _, test = mnist()
+        self.assertEqual(check_png(self, m.png_curves(history())), (900, 380, 2))
+        items = [(test.image(k), test.labels[k], (test.labels[k] + k % 2) % 10, 0.9) for k in range(23)]
+        width, height, _ = check_png(self, m.png_digit_grid(items))
+        self.assertEqual((width, height), (10 * 64 + 8, 3 * 80 + 8))
+        self.assertEqual(check_png(self, m.png_weights(m.Network.random(random.Random(1))))[:2],
+                         (16 * 30 + 2, 8 * 30 + 2))
+        self.assertEqual(check_png(self, m.png_bytes(3, 2, bytes(6), 1)), (3, 2, 0))
+
+    def test_our_png_reader_reads_our_png_writer(self):
+        _, test = mnist()
+        import tempfile
+        import os
+        folder = tempfile.mkdtemp()
+        path = os.path.join(folder, "digit.png")
+        try:
+            with open(path, "wb") as stream:
+                stream.write(m.png_bytes(28, 28, test.image(3), 1))
+            self.assertEqual(m.read_image(path), (28, 28, test.image(3)))
+        finally:
+            os.remove(path)
+            os.rmdir(folder)
+
+    def test_nice_ticks_are_round_and_cover_the_range(self):
+        ticks = m.nice_ticks(0.13, 2.9)
+        self.assertLessEqual(ticks[0], 0.13)
+        self.assertGreaterEqual(ticks[-1], 2.9)
+        self.assertEqual(ticks, [0.0, 1.0, 2.0, 3.0])
+        self.assertEqual(m.nice_ticks(90.5, 98.2), [90.0, 92.0, 94.0, 96.0, 98.0, 100.0])
+        self.assertEqual(m.nice_ticks(5, 5)[0], 5)
+
+
+if __name__ == "__main__":
+    unittest.main()
