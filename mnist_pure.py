@@ -1616,7 +1616,7 @@ def check_tensor_entry(name, entry, fail):
     if not isinstance(entry, dict):
         fail("entry %s is not an object" % name)
     dtype, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if dtype not in DTYPES:
+    if not isinstance(dtype, str) or dtype not in DTYPES:
         fail("tensor %s has dtype %r; this program reads %s" % (name, dtype, " or ".join(DTYPES)))
     if not (isinstance(shape, list) and all(type(d) is int and 0 <= d < 1 << 31 for d in shape)):
         fail("tensor %s has a bad shape %r" % (name, shape))
@@ -1831,13 +1831,14 @@ def png_luminance(path, samples, colour, depth, palette, alpha_table):
 def read_netpbm(path, content):
     """Decode PBM/PGM/PPM (P1-P6): a text header, then ASCII or binary values."""
     kind = content[1:2]
+    name = "P" + kind.decode("latin-1")
     fields, at = [], 2
     needed = 2 if kind in (b"1", b"4") else 3
     tokens = re.compile(rb"\s*(?:#[^\n]*\n\s*)*(\d+)")
     while len(fields) < needed:
         match = tokens.match(content, at)
         if not match:
-            raise MnistError("%s: damaged P%s header" % (path, kind.decode()))
+            raise MnistError("%s: damaged %s header" % (path, name))
         fields.append(int(match.group(1)))
         at = match.end()
     width, height = fields[0], fields[1]
@@ -1861,7 +1862,7 @@ def read_netpbm(path, content):
         values = list(body) if size == 1 else list(body[0::2])
         top = top if size == 1 else top >> 8
     if len(values) != count:
-        raise MnistError("%s: P%s image data is cut short" % (path, kind.decode()))
+        raise MnistError("%s: %s image data is cut short" % (path, name))
     if kind in (b"1", b"4"):                        # PBM: 1 = black
         return width, height, bytes(0 if v else 255 for v in values)
     if channels == 3:
@@ -1996,7 +1997,11 @@ def save_run(path, engine, settings, state, test_accuracy=None):
 def load_run(path):
     """(network, metadata, recipe dict, TrainingState) from a saved file; recipe
     and state are None for a model saved without them (e.g. by another tool)."""
-    tensors, metadata = read_safetensors(path)
+    return run_from_tensors(path, *read_safetensors(path))
+
+
+def run_from_tensors(path, tensors, metadata):
+    """load_run's work, once the file is parsed."""
     network = network_from_tensors(path, tensors)
     if "training_state" not in metadata:
         return network, metadata, None, None
