@@ -40,6 +40,12 @@ class RealFileTests(unittest.TestCase):
         self.assertTrue(all(image[i] == v and v > 0 for i, v in zip(indices, pixels)))
         self.assertEqual(indices, sorted(indices))
 
+    def test_the_c_version_of_sparse_pixels_equals_the_plain_one(self):
+        train, _ = mnist()
+        for k in range(500):
+            self.assertEqual(m.sparse_pixels_in_c(train.image(k)), m.sparse_pixels(train.image(k)))
+        self.assertEqual(m.sparse_pixels(bytes(784)), ([], []))
+
     def test_about_a_fifth_of_mnist_pixels_are_inked(self):
         train, _ = mnist()
         inked = sum(len(train.sample(k)[0]) for k in range(1000)) / 1000
