@@ -48,6 +48,22 @@ class MnistError(Exception):
     """A problem the user can fix, reported as one line (exit code 1)."""
 
 
+ON_PYPY = sys.implementation.name == "pypy"
+
+
+def describe(error):
+    """An exception as a short phrase for a one-line message."""
+    text = str(error) or type(error).__name__
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def one_line(text):
+    return " ".join(text.split())
+
+
+INFINITY = float("inf")
+
+
 @dataclasses.dataclass
 class Settings:
     """Everything one run needs, filled from the command line and passed down."""
@@ -269,6 +285,29 @@ MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
 MAX_IDX_BYTES = 1 << 30      # refuse headers that promise more than 1 GiB of pixels
 
 
+PIXEL_POSITIONS = tuple(range(N_INPUT))
+
+
+def sparse_pixels(image):
+    """The inked pixels of a 784-byte image, as (indices, intensities 1..255).
+
+    81% of MNIST pixels are 0, and a 0 pixel adds nothing to x @ W1, so the
+    network only ever looks at these ~150."""
+    indices = [i for i in PIXEL_POSITIONS if image[i]]
+    return indices, [image[i] for i in indices]
+
+
+def sparse_pixels_in_c(image):
+    """sparse_pixels with its loops in C, for CPython (2x faster there; 20x
+    slower on PyPy, whose JIT compiles the plain loops instead).
+    itertools.compress(items, selectors) keeps the items whose selector is
+    nonzero: compress(positions, image) gives the inked pixels' indices,
+    compress(image, image) their values."""
+    return (list(itertools.compress(PIXEL_POSITIONS, image)),
+            list(itertools.compress(image, image)))
+SPARSE_PIXELS = sparse_pixels if ON_PYPY else sparse_pixels_in_c
+
+
 class Dataset:
     """n images of 28x28 bytes (0 = paper, 255 = ink) and their labels 0..9.
 
@@ -301,30 +340,21 @@ class Dataset:
         return Dataset(self.images[start * N_INPUT:], self.labels[start:])
 
 
-PIXEL_POSITIONS = tuple(range(N_INPUT))
-
-
-def sparse_pixels(image):
-    """The inked pixels of a 784-byte image, as (indices, intensities 1..255).
-
-    81% of MNIST pixels are 0, and a 0 pixel adds nothing to x @ W1, so the
-    network only ever looks at these ~150."""
-    indices = [i for i in PIXEL_POSITIONS if image[i]]
-    return indices, [image[i] for i in indices]
-
-
-def sparse_pixels_in_c(image):
-    """sparse_pixels with its loops in C, for CPython (2x faster there; 20x
-    slower on PyPy, whose JIT compiles the plain loops instead).
-    itertools.compress(items, selectors) keeps the items whose selector is
-    nonzero: compress(positions, image) gives the inked pixels' indices,
-    compress(image, image) their values."""
-    return (list(itertools.compress(PIXEL_POSITIONS, image)),
-            list(itertools.compress(image, image)))
-
-
-ON_PYPY = sys.implementation.name == "pypy"
-SPARSE_PIXELS = sparse_pixels if ON_PYPY else sparse_pixels_in_c
+def read_idx_dims(path, stream, header, expected_magic):
+    """Check the 4-byte magic number and read the sizes that follow it."""
+    if len(header) < 4:
+        raise MnistError("%s: empty, or too short to be an IDX file" % path)
+    zero, element_type, n_dims = struct.unpack(">HBB", header)
+    if zero != 0 or n_dims != expected_magic & 0xFF:
+        raise MnistError("%s: wrong magic number 0x%s (expected 0x%08X)"
+                         % (path, header.hex().upper(), expected_magic))
+    if element_type != 0x08:
+        raise MnistError("%s: element type 0x%02X, expected 0x08 (unsigned bytes)"
+                         % (path, element_type))
+    rest = stream.read(4 * n_dims)
+    if len(rest) < 4 * n_dims:
+        raise MnistError("%s: header is cut short" % path)
+    return struct.unpack(">%dI" % n_dims, rest), rest
 
 
 def read_idx(path, expected_magic):
@@ -362,27 +392,12 @@ def read_idx(path, expected_magic):
     return dims, values, digest
 
 
-def read_idx_dims(path, stream, header, expected_magic):
-    """Check the 4-byte magic number and read the sizes that follow it."""
-    if len(header) < 4:
-        raise MnistError("%s: empty, or too short to be an IDX file" % path)
-    zero, element_type, n_dims = struct.unpack(">HBB", header)
-    if zero != 0 or n_dims != expected_magic & 0xFF:
-        raise MnistError("%s: wrong magic number 0x%s (expected 0x%08X)"
-                         % (path, header.hex().upper(), expected_magic))
-    if element_type != 0x08:
-        raise MnistError("%s: element type 0x%02X, expected 0x08 (unsigned bytes)"
-                         % (path, element_type))
-    rest = stream.read(4 * n_dims)
-    if len(rest) < 4 * n_dims:
-        raise MnistError("%s: header is cut short" % path)
-    return struct.unpack(">%dI" % n_dims, rest), rest
-
-
-def describe(error):
-    """An exception as a short phrase for a one-line message."""
-    text = str(error) or type(error).__name__
-    return text.splitlines()[0] if text else type(error).__name__
+def check_published(path, digest, warn):
+    """Warn (never fail) when a file named like MNIST's is not MNIST's content."""
+    name = os.path.basename(path)
+    if name in MNIST_SHA256 and digest != MNIST_SHA256[name]:
+        warn("warning: %s is not the published MNIST file (its SHA-256 differs); "
+             "using it anyway" % path)
 
 
 def load_pair(data_dir, image_file, label_file, warn):
@@ -406,14 +421,6 @@ def load_pair(data_dir, image_file, label_file, warn):
     for path, digest in ((image_path, image_digest), (label_path, label_digest)):
         check_published(path, digest, warn)
     return Dataset(images, labels)
-
-
-def check_published(path, digest, warn):
-    """Warn (never fail) when a file named like MNIST's is not MNIST's content."""
-    name = os.path.basename(path)
-    if name in MNIST_SHA256 and digest != MNIST_SHA256[name]:
-        warn("warning: %s is not the published MNIST file (its SHA-256 differs); "
-             "using it anyway" % path)
 
 
 def load_mnist(data_dir, warn):
@@ -668,8 +675,74 @@ class PackedNetwork:
         self.weight_bound += change
 
 
+def make_engine(network, name):
+    """The engine that trains `network`: 'lists' (plain Python, the reference and
+    PyPy's fastest), 'packed' (CPython's fastest), or 'auto' (the fastest here)."""
+    if name == "auto":
+        name = "lists" if ON_PYPY else "packed"
+    if name == "packed":
+        return PackedNetwork(network)
+    if name == "lists":
+        return network.copy()
+    raise MnistError("unknown engine %r (choose auto, lists or packed)" % name)
+
+
 # =============================================================================
-# 8. Training until mastery
+# 8. Evaluation
+# =============================================================================
+PROGRESS_EVERY = 200
+
+def predict(engine, sample):
+    """The probabilities p[0..9] for one sample."""
+    return engine.forward(sample).p
+
+
+@dataclasses.dataclass
+class Evaluation:
+    """Predictions on a dataset: labels, guesses and the guesses' probability."""
+    labels: list
+    guesses: list
+    confidences: list
+
+    @property
+    def correct(self):
+        return sum(1 for y, g in zip(self.labels, self.guesses) if y == g)
+
+    @property
+    def total(self):
+        return len(self.labels)
+
+    @property
+    def accuracy(self):
+        return self.correct / max(self.total, 1)
+
+    def confusion(self):
+        """matrix[true][guess] = how many images of digit `true` got `guess`."""
+        matrix = [[0] * N_OUTPUT for _ in range(N_OUTPUT)]
+        for y, g in zip(self.labels, self.guesses):
+            matrix[y][g] += 1
+        return matrix
+
+
+def evaluate(engine, data, progress=None):
+    """Run the network on every image of data."""
+    guesses, confidences = [], []
+    for k in range(len(data)):
+        p = predict(engine, data.sample(k))
+        guess = argmax(p)
+        guesses.append(guess)
+        confidences.append(p[guess])
+        if progress is not None and k % PROGRESS_EVERY == 0:
+            progress(k, len(data))
+    return Evaluation(list(data.labels), guesses, confidences)
+
+
+def accuracy(engine, data, progress=None):
+    return evaluate(engine, data, progress).accuracy
+
+
+# =============================================================================
+# 9. Training until mastery
 # =============================================================================
 # Stochastic gradient descent, one image at a time: each epoch visits the
 # training images in a fresh random order, and after each image every weight
@@ -793,6 +866,9 @@ class StopFlag:
     requested = False
 
 
+LOSS_DIVERGED = 1e6
+
+
 def train_epoch(engine, data, settings, state, stop, progress=None):
     """Train on data for the rest of epoch state.epoch; its EpochStats, or None
     when stop was requested first (state then says where training stopped)."""
@@ -831,22 +907,6 @@ def train_epoch(engine, data, settings, state, stop, progress=None):
     return stats
 
 
-LOSS_DIVERGED = 1e6
-PROGRESS_EVERY = 200
-
-
-def make_engine(network, name):
-    """The engine that trains `network`: 'lists' (plain Python, the reference and
-    PyPy's fastest), 'packed' (CPython's fastest), or 'auto' (the fastest here)."""
-    if name == "auto":
-        name = "lists" if ON_PYPY else "packed"
-    if name == "packed":
-        return PackedNetwork(network)
-    if name == "lists":
-        return network.copy()
-    raise MnistError("unknown engine %r (choose auto, lists or packed)" % name)
-
-
 def fit(engine, data, held_out, settings, state, stop, progress=None, on_epoch=None):
     """Train for settings.epochs, or until early stopping or a stop request.
     Returns the engine to keep: with early stopping, the best epoch's weights.
@@ -871,59 +931,6 @@ def fit(engine, data, held_out, settings, state, stop, progress=None, on_epoch=N
     if state.best_network is not None and state.best_epoch != state.epoch:
         engine = make_engine(state.best_network, settings.engine)
     return engine
-
-
-# =============================================================================
-# 9. Evaluation
-# =============================================================================
-
-def predict(engine, sample):
-    """The probabilities p[0..9] for one sample."""
-    return engine.forward(sample).p
-
-
-@dataclasses.dataclass
-class Evaluation:
-    """Predictions on a dataset: labels, guesses and the guesses' probability."""
-    labels: list
-    guesses: list
-    confidences: list
-
-    @property
-    def correct(self):
-        return sum(1 for y, g in zip(self.labels, self.guesses) if y == g)
-
-    @property
-    def total(self):
-        return len(self.labels)
-
-    @property
-    def accuracy(self):
-        return self.correct / max(self.total, 1)
-
-    def confusion(self):
-        """matrix[true][guess] = how many images of digit `true` got `guess`."""
-        matrix = [[0] * N_OUTPUT for _ in range(N_OUTPUT)]
-        for y, g in zip(self.labels, self.guesses):
-            matrix[y][g] += 1
-        return matrix
-
-
-def evaluate(engine, data, progress=None):
-    """Run the network on every image of data."""
-    guesses, confidences = [], []
-    for k in range(len(data)):
-        p = predict(engine, data.sample(k))
-        guess = argmax(p)
-        guesses.append(guess)
-        confidences.append(p[guess])
-        if progress is not None and k % PROGRESS_EVERY == 0:
-            progress(k, len(data))
-    return Evaluation(list(data.labels), guesses, confidences)
-
-
-def accuracy(engine, data, progress=None):
-    return evaluate(engine, data, progress).accuracy
 
 
 # =============================================================================
@@ -1025,7 +1032,7 @@ def gradient_check(network, sample, label, rng, per_tensor=60, step=1e-5):
     return report
 
 # =============================================================================
-# 10. Reports: progress bar, tables and digits in the terminal
+# 11. Reports: progress bar, tables and digits in the terminal
 # =============================================================================
 # Everything here returns text or writes to the stream it is given; nothing in
 # sections 2-9 prints.
@@ -1036,6 +1043,13 @@ def format_duration(seconds):
     hours, rest = divmod(seconds, 3600)
     minutes, secs = divmod(rest, 60)
     return "%d:%02d:%02d" % (hours, minutes, secs) if hours else "%d:%02d" % (minutes, secs)
+
+
+def stream_is_terminal(stream):
+    try:
+        return stream.isatty()
+    except (AttributeError, ValueError):
+        return False
 
 
 class ProgressBar:
@@ -1094,13 +1108,6 @@ class ProgressBar:
         self.drawn_width = 0
 
 
-def stream_is_terminal(stream):
-    try:
-        return stream.isatty()
-    except (AttributeError, ValueError):
-        return False
-
-
 EPOCH_HEADER = "  ".join(title.rjust(width) for title, width in (
     ("epoch", 5), ("lr", 8), ("loss", 6), ("train acc", 9), ("test acc", 10),
     ("updated", 9), ("skipped", 9), ("seconds", 8)))
@@ -1125,6 +1132,10 @@ def format_confusion(matrix):
     return "\n".join(lines)
 
 
+INK_THRESHOLD = 64     # a pixel this dark or darker is drawn as ink
+GREEN, RED, RESET = "\033[32m", "\033[31m", "\033[0m"
+
+
 def render_digit(image, half=True):
     """A 28x28 image as text, two pixel rows per line with half-block
     characters (a terminal cell is about twice as tall as it is wide).
@@ -1146,10 +1157,6 @@ def render_digit(image, half=True):
             line += "█" if top and bottom else "▀" if top else "▄" if bottom else " "
         lines.append(line)
     return lines
-
-
-INK_THRESHOLD = 64     # a pixel this dark or darker is drawn as ink
-GREEN, RED, RESET = "\033[32m", "\033[31m", "\033[0m"
 
 
 def format_digit_grid(items, columns=5, colour=False):
@@ -1235,6 +1242,34 @@ class Plot:
         return self.top + self.height - (value - low) / ((high - low) or 1) * self.height
 
 
+def tick_label(value):
+    return ("%.4g" % value) if value != int(value) else "%d" % value
+
+
+def xml_escape(text):
+    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+
+
+def svg_axes(plot, ylabel):
+    """The frame, ticks, tick labels and axis titles of one panel."""
+    bottom, right = plot.top + plot.height, plot.left + plot.width
+    parts = ['<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="black"/>'
+             % (plot.left, plot.top, plot.width, plot.height)]
+    for value in plot.x_ticks:
+        x = plot.x(value)
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>' % (x, bottom, x, bottom + 5))
+        parts.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x, bottom + 18, tick_label(value)))
+    for value in plot.y_ticks:
+        y = plot.y(value)
+        parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (plot.left, y, right, y))
+        parts.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (plot.left - 6, y + 4, tick_label(value)))
+    parts.append('<text x="%d" y="%d" text-anchor="middle">epoch</text>' % (plot.left + plot.width // 2, bottom + 38))
+    parts.append('<text x="%d" y="%d" text-anchor="middle" transform="rotate(-90 %d %d)">%s</text>'
+                 % (plot.left - 48, plot.top + plot.height // 2, plot.left - 48,
+                    plot.top + plot.height // 2, ylabel))
+    return parts
+
+
 def svg_curves(history, title="mnist_pure training"):
     """Two panels as SVG text: loss per epoch, and accuracies per epoch, with
     axes, ticks, labels and a legend. One <polyline> per curve."""
@@ -1258,34 +1293,6 @@ def svg_curves(history, title="mnist_pure training"):
             parts.append('<text x="%d" y="%d">%s</text>' % (plot.left + 225, ly + 4, name))
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
-
-
-def svg_axes(plot, ylabel):
-    """The frame, ticks, tick labels and axis titles of one panel."""
-    bottom, right = plot.top + plot.height, plot.left + plot.width
-    parts = ['<rect x="%d" y="%d" width="%d" height="%d" fill="none" stroke="black"/>'
-             % (plot.left, plot.top, plot.width, plot.height)]
-    for value in plot.x_ticks:
-        x = plot.x(value)
-        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>' % (x, bottom, x, bottom + 5))
-        parts.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x, bottom + 18, tick_label(value)))
-    for value in plot.y_ticks:
-        y = plot.y(value)
-        parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (plot.left, y, right, y))
-        parts.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (plot.left - 6, y + 4, tick_label(value)))
-    parts.append('<text x="%d" y="%d" text-anchor="middle">epoch</text>' % (plot.left + plot.width // 2, bottom + 38))
-    parts.append('<text x="%d" y="%d" text-anchor="middle" transform="rotate(-90 %d %d)">%s</text>'
-                 % (plot.left - 48, plot.top + plot.height // 2, plot.left - 48,
-                    plot.top + plot.height // 2, ylabel))
-    return parts
-
-
-def tick_label(value):
-    return ("%.4g" % value) if value != int(value) else "%d" % value
-
-
-def xml_escape(text):
-    return text.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
 
 
 def png_bytes(width, height, pixels, channels):
@@ -1370,6 +1377,10 @@ class Canvas:
         return png_bytes(self.width, self.height, self.pixels, 3)
 
 
+def hex_colour(text):
+    return tuple(int(text[k:k + 2], 16) for k in (1, 3, 5))
+
+
 def png_curves(history):
     """The training curves of svg_curves, as a PNG (text in the 3x5 font)."""
     curves = training_curves(history)
@@ -1402,10 +1413,6 @@ def png_curves(history):
             canvas.line(left + 150, ly, left + 170, ly, colour, thick=2)
             canvas.text(left + 176, ly - 4, name, scale=2)
     return canvas.png()
-
-
-def hex_colour(text):
-    return tuple(int(text[k:k + 2], 16) for k in (1, 3, 5))
 
 
 def png_digit_grid(items, columns=10):
@@ -1513,6 +1520,15 @@ def safetensors_bytes(tensors, metadata):
     return struct.pack("<Q", len(text)) + text + b"".join(blobs)
 
 
+def new_file_mode(path):
+    """The permissions a plain open() would give path (mkstemp's are owner-only)."""
+    if os.path.exists(path):
+        return os.stat(path).st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 def write_atomically(path, content):
     """Write a file so that it is either all there or not changed at all: write
     a temporary file in the same folder, flush it to disk, then rename it over
@@ -1541,53 +1557,6 @@ def write_atomically(path, content):
     finally:
         if temporary is not None and os.path.exists(temporary):
             os.unlink(temporary)
-
-
-def new_file_mode(path):
-    """The permissions a plain open() would give path (mkstemp's are owner-only)."""
-    if os.path.exists(path):
-        return os.stat(path).st_mode & 0o777
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
-
-
-def parse_safetensors(path, content):
-    """({name: (shape, values)}, metadata) from a file's bytes. Strict: any
-    inconsistency is a MnistError naming the file and what is wrong."""
-    def fail(problem):
-        raise MnistError("%s: not a valid safetensors file: %s" % (path, problem))
-    if len(content) < 8:
-        fail("only %d bytes long" % len(content))
-    (length,) = struct.unpack("<Q", content[:8])
-    if length > MAX_HEADER_BYTES or 8 + length > len(content):
-        fail("header length %d does not fit in the file (%d bytes)" % (length, len(content)))
-    header = parse_header(content[8:8 + length], fail)
-    metadata = header.pop("__metadata__", {})
-    if not isinstance(metadata, dict) or not all(
-            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
-        fail("__metadata__ must map strings to strings")
-    data = content[8 + length:]
-    tensors, expected_start = {}, 0
-    for name, entry in sorted(header.items(), key=lambda item: tensor_start(item[1])):
-        shape, typecode, begin, end = check_tensor_entry(name, entry, fail)
-        if begin != expected_start:
-            fail("tensor %s starts at byte %d, expected %d (gap or overlap)" % (name, begin, expected_start))
-        if end > len(data):
-            fail("tensor %s ends at byte %d, past the end of the data (%d)" % (name, end, len(data)))
-        values = array.array(typecode, data[begin:end])
-        if sys.byteorder == "big":
-            values.byteswap()
-        if not all(-INFINITY < v < INFINITY for v in values):
-            fail("tensor %s holds a NaN or infinite value" % name)
-        tensors[name] = (shape, values.tolist())
-        expected_start = end
-    if expected_start != len(data):
-        fail("%d bytes after the last tensor" % (len(data) - expected_start))
-    return tensors, metadata
-
-
-INFINITY = float("inf")
 
 
 def parse_header(raw, fail):
@@ -1645,6 +1614,41 @@ def check_tensor_entry(name, entry, fail):
     return tuple(shape), DTYPES[dtype], offsets[0], offsets[1]
 
 
+def parse_safetensors(path, content):
+    """({name: (shape, values)}, metadata) from a file's bytes. Strict: any
+    inconsistency is a MnistError naming the file and what is wrong."""
+    def fail(problem):
+        raise MnistError("%s: not a valid safetensors file: %s" % (path, problem))
+    if len(content) < 8:
+        fail("only %d bytes long" % len(content))
+    (length,) = struct.unpack("<Q", content[:8])
+    if length > MAX_HEADER_BYTES or 8 + length > len(content):
+        fail("header length %d does not fit in the file (%d bytes)" % (length, len(content)))
+    header = parse_header(content[8:8 + length], fail)
+    metadata = header.pop("__metadata__", {})
+    if not isinstance(metadata, dict) or not all(
+            isinstance(k, str) and isinstance(v, str) for k, v in metadata.items()):
+        fail("__metadata__ must map strings to strings")
+    data = content[8 + length:]
+    tensors, expected_start = {}, 0
+    for name, entry in sorted(header.items(), key=lambda item: tensor_start(item[1])):
+        shape, typecode, begin, end = check_tensor_entry(name, entry, fail)
+        if begin != expected_start:
+            fail("tensor %s starts at byte %d, expected %d (gap or overlap)" % (name, begin, expected_start))
+        if end > len(data):
+            fail("tensor %s ends at byte %d, past the end of the data (%d)" % (name, end, len(data)))
+        values = array.array(typecode, data[begin:end])
+        if sys.byteorder == "big":
+            values.byteswap()
+        if not all(-INFINITY < v < INFINITY for v in values):
+            fail("tensor %s holds a NaN or infinite value" % name)
+        tensors[name] = (shape, values.tolist())
+        expected_start = end
+    if expected_start != len(data):
+        fail("%d bytes after the last tensor" % (len(data) - expected_start))
+    return tensors, metadata
+
+
 def read_safetensors(path):
     """Read and parse a safetensors file; MnistError for any problem."""
     try:
@@ -1679,33 +1683,85 @@ def load_model(path):
 
 
 # =============================================================================
-# 14. Your own digit: reading PNG and PGM, and preparing it as MNIST was
+# 14. Checkpoints: a model file that can resume its training
+# =============================================================================
+# Every file this program saves is a model (section 13) whose metadata also
+# holds the recipe and the TrainingState as JSON, so any of them can be
+# resumed. Randomness needs no saved state: each epoch's order is drawn from
+# (seed, epoch) alone (epoch_plan), so (epoch, position) says where to go on.
+
+RECIPE_FIELDS = ("max_train", "epochs", "learning_rate", "lr_decay", "decay_every", "mastery",
+                 "seed", "augment", "n_hidden", "validation", "patience")
+
+
+def epoch_stats_from(fields):
+    """EpochStats from its saved dict, every field a number."""
+    stats = EpochStats(**fields)
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
+               for v in dataclasses.astuple(stats)):
+        raise TypeError("epoch figures must be numbers")
+    return stats
+
+
+def save_run(path, engine, settings, state, test_accuracy=None):
+    """Save weights, recipe and training state to path (atomically)."""
+    network = engine.to_network()
+    saved_state = {
+        "recipe": {f: getattr(settings, f) for f in RECIPE_FIELDS},
+        "epoch": state.epoch, "position": state.position,
+        "running": dataclasses.asdict(state.running) if state.running else None,
+        "history": [dataclasses.asdict(s) for s in state.history],
+        "best_epoch": state.best_epoch, "best_accuracy": state.best_accuracy,
+        "stopped_early": state.stopped_early,
+        "rng": "each epoch's order: random.Random('mnist_pure <seed> <epoch>')"}
+    metadata = {"epochs": state.epoch, "seed": settings.seed,
+                "learning_rate": settings.learning_rate,
+                "training_images": settings.max_train,
+                "training_state": json.dumps(saved_state)}
+    if test_accuracy is not None:
+        metadata["test_accuracy"] = "%.4f" % test_accuracy
+    extra = network_tensors(state.best_network, "best.") if state.best_network else []
+    save_model(path, network, metadata, extra)
+
+
+def run_from_tensors(path, tensors, metadata):
+    """load_run's work, once the file is parsed."""
+    network = network_from_tensors(path, tensors)
+    if "training_state" not in metadata:
+        return network, metadata, None, None
+    try:
+        saved = json.loads(metadata["training_state"])
+        recipe = {f: saved["recipe"][f] for f in RECIPE_FIELDS}
+        for field in RECIPE_FIELDS:
+            kind = type(getattr(Settings, field))
+            if not isinstance(recipe[field], (int, float) if kind is float else kind):
+                raise TypeError(field)
+        state = TrainingState(
+            epoch=int(saved["epoch"]), position=int(saved["position"]),
+            running=epoch_stats_from(saved["running"]) if saved["running"] else None,
+            history=[epoch_stats_from(s) for s in saved["history"]],
+            best_epoch=int(saved["best_epoch"]), best_accuracy=float(saved["best_accuracy"]),
+            stopped_early=bool(saved["stopped_early"]))
+    except (ValueError, KeyError, TypeError, AttributeError) as e:
+        raise MnistError("%s: damaged training state in the metadata (%s)" % (path, describe(e)))
+    if "best.fc1.weight" in tensors:
+        state.best_network = network_from_tensors(path, tensors, "best.")
+    return network, metadata, recipe, state
+
+
+def load_run(path):
+    """(network, metadata, recipe dict, TrainingState) from a saved file; recipe
+    and state are None for a model saved without them (e.g. by another tool)."""
+    return run_from_tensors(path, *read_safetensors(path))
+
+
+# =============================================================================
+# 15. Your own digit: reading PNG and PGM, and preparing it as MNIST was
 # =============================================================================
 
 MAX_IMAGE_PIXELS = 4000000     # larger images are refused: scale them down first
 MAX_IMAGE_FILE_BYTES = 64 << 20
 IMAGE_FORMATS = "PNG or PGM/PBM/PPM"
-
-
-def read_image(path):
-    """(width, height, luminance bytes 0 = black .. 255 = white) of an image file."""
-    try:
-        if os.path.getsize(path) > MAX_IMAGE_FILE_BYTES:
-            raise MnistError("%s: file is larger than %d MiB; too large for an image of a digit"
-                             % (path, MAX_IMAGE_FILE_BYTES >> 20))
-        with open(path, "rb") as stream:
-            content = stream.read()
-    except FileNotFoundError:
-        raise MnistError("%s: image not found" % path)
-    except IsADirectoryError:
-        raise MnistError("%s: is a folder, not an image" % path)
-    except OSError as e:
-        raise MnistError("%s: cannot read it (%s)" % (path, e.strerror or describe(e)))
-    if content.startswith(PNG_SIGNATURE):
-        return read_png(path, content)
-    if content[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
-        return read_netpbm(path, content)
-    raise MnistError("%s: not an image this program reads (%s)" % (path, IMAGE_FORMATS))
 
 
 def check_image_size(path, width, height):
@@ -1740,37 +1796,6 @@ def png_chunks(path, content):
         if kind == b"IEND":
             break
     return chunks
-
-
-def read_png(path, content):
-    """Decode a PNG: grey, RGB, palette, with or without alpha, 1-16 bits."""
-    chunks = png_chunks(path, content)
-    if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
-        raise MnistError("%s: PNG without a valid IHDR header" % path)
-    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
-    if colour not in PNG_CHANNELS or depth not in PNG_DEPTHS[colour] or compression or filtering:
-        raise MnistError("%s: unsupported PNG (colour type %d, bit depth %d)" % (path, colour, depth))
-    if interlace:
-        raise MnistError("%s: interlaced PNG is not supported; save it without interlacing" % path)
-    check_image_size(path, width, height)
-    palette = b"".join(d for k, d in chunks if k == b"PLTE")
-    alpha_table = b"".join(d for k, d in chunks if k == b"tRNS")
-    if colour == 3 and not palette:
-        raise MnistError("%s: palette PNG without a palette" % path)
-    channels = PNG_CHANNELS[colour]
-    bits_per_pixel = channels * depth
-    stride = (width * bits_per_pixel + 7) // 8
-    expected = height * (stride + 1)
-    try:
-        inflater = zlib.decompressobj()
-        raw = inflater.decompress(b"".join(d for k, d in chunks if k == b"IDAT"), expected + 1)
-    except zlib.error as e:
-        raise MnistError("%s: damaged PNG image data (%s)" % (path, describe(e)))
-    if len(raw) != expected:
-        raise MnistError("%s: PNG image data is %d bytes, expected %d" % (path, len(raw), expected))
-    rows = png_unfilter(path, raw, height, stride, max(1, bits_per_pixel // 8))
-    samples = png_samples(rows, width, depth, channels)
-    return width, height, png_luminance(path, samples, colour, depth, palette, alpha_table)
 
 
 def png_unfilter(path, raw, height, stride, bpp):
@@ -1840,6 +1865,37 @@ def png_luminance(path, samples, colour, depth, palette, alpha_table):
     return bytes(out)
 
 
+def read_png(path, content):
+    """Decode a PNG: grey, RGB, palette, with or without alpha, 1-16 bits."""
+    chunks = png_chunks(path, content)
+    if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
+        raise MnistError("%s: PNG without a valid IHDR header" % path)
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    if colour not in PNG_CHANNELS or depth not in PNG_DEPTHS[colour] or compression or filtering:
+        raise MnistError("%s: unsupported PNG (colour type %d, bit depth %d)" % (path, colour, depth))
+    if interlace:
+        raise MnistError("%s: interlaced PNG is not supported; save it without interlacing" % path)
+    check_image_size(path, width, height)
+    palette = b"".join(d for k, d in chunks if k == b"PLTE")
+    alpha_table = b"".join(d for k, d in chunks if k == b"tRNS")
+    if colour == 3 and not palette:
+        raise MnistError("%s: palette PNG without a palette" % path)
+    channels = PNG_CHANNELS[colour]
+    bits_per_pixel = channels * depth
+    stride = (width * bits_per_pixel + 7) // 8
+    expected = height * (stride + 1)
+    try:
+        inflater = zlib.decompressobj()
+        raw = inflater.decompress(b"".join(d for k, d in chunks if k == b"IDAT"), expected + 1)
+    except zlib.error as e:
+        raise MnistError("%s: damaged PNG image data (%s)" % (path, describe(e)))
+    if len(raw) != expected:
+        raise MnistError("%s: PNG image data is %d bytes, expected %d" % (path, len(raw), expected))
+    rows = png_unfilter(path, raw, height, stride, max(1, bits_per_pixel // 8))
+    samples = png_samples(rows, width, depth, channels)
+    return width, height, png_luminance(path, samples, colour, depth, palette, alpha_table)
+
+
 def read_netpbm(path, content):
     """Decode PBM/PGM/PPM (P1-P6): a text header, then ASCII or binary values."""
     kind = content[1:2]
@@ -1883,28 +1939,25 @@ def read_netpbm(path, content):
     return width, height, bytes(min(255, v * 255 // max(top, 1)) for v in values)
 
 
-def prepare_digit(width, height, luminance):
-    """A photo or drawing of a digit as a 28x28 MNIST image (784 bytes, ink = 255).
-
-    MNIST's digits were prepared this way, and the network only knows digits
-    prepared this way:
-      1. ink is bright: a light background (judged by the border) is inverted,
-         and the background's own level is subtracted;
-      2. crop to the ink's bounding box;
-      3. scale so the longer side is 20 pixels, keeping the aspect ratio
-         (each new pixel averages the area it covers: grey edges, as in MNIST);
-      4. place it in 28x28 with its centre of mass at the centre."""
-    ink = to_ink(width, height, luminance)
-    box = ink_box(width, height, ink)
-    if box is None:
-        return bytes(N_INPUT)
-    left, top, right, bottom = box
-    w, h = right - left, bottom - top
-    crop = [ink[r * width + c] for r in range(top, bottom) for c in range(left, right)]
-    scale = 20.0 / max(w, h)
-    new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
-    scaled = resample(crop, w, h, new_w, new_h)
-    return centre_by_mass(scaled, new_w, new_h)
+def read_image(path):
+    """(width, height, luminance bytes 0 = black .. 255 = white) of an image file."""
+    try:
+        if os.path.getsize(path) > MAX_IMAGE_FILE_BYTES:
+            raise MnistError("%s: file is larger than %d MiB; too large for an image of a digit"
+                             % (path, MAX_IMAGE_FILE_BYTES >> 20))
+        with open(path, "rb") as stream:
+            content = stream.read()
+    except FileNotFoundError:
+        raise MnistError("%s: image not found" % path)
+    except IsADirectoryError:
+        raise MnistError("%s: is a folder, not an image" % path)
+    except OSError as e:
+        raise MnistError("%s: cannot read it (%s)" % (path, e.strerror or describe(e)))
+    if content.startswith(PNG_SIGNATURE):
+        return read_png(path, content)
+    if content[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
+        return read_netpbm(path, content)
+    raise MnistError("%s: not an image this program reads (%s)" % (path, IMAGE_FORMATS))
 
 
 def to_ink(width, height, luminance):
@@ -1973,77 +2026,28 @@ def centre_by_mass(image, width, height):
     return bytes(out)
 
 
-# =============================================================================
-# 15. Checkpoints: a model file that can resume its training
-# =============================================================================
-# Every file this program saves is a model (section 13) whose metadata also
-# holds the recipe and the TrainingState as JSON, so any of them can be
-# resumed. Randomness needs no saved state: each epoch's order is drawn from
-# (seed, epoch) alone (epoch_plan), so (epoch, position) says where to go on.
+def prepare_digit(width, height, luminance):
+    """A photo or drawing of a digit as a 28x28 MNIST image (784 bytes, ink = 255).
 
-RECIPE_FIELDS = ("max_train", "epochs", "learning_rate", "lr_decay", "decay_every", "mastery",
-                 "seed", "augment", "n_hidden", "validation", "patience")
-
-
-def save_run(path, engine, settings, state, test_accuracy=None):
-    """Save weights, recipe and training state to path (atomically)."""
-    network = engine.to_network()
-    saved_state = {
-        "recipe": {f: getattr(settings, f) for f in RECIPE_FIELDS},
-        "epoch": state.epoch, "position": state.position,
-        "running": dataclasses.asdict(state.running) if state.running else None,
-        "history": [dataclasses.asdict(s) for s in state.history],
-        "best_epoch": state.best_epoch, "best_accuracy": state.best_accuracy,
-        "stopped_early": state.stopped_early,
-        "rng": "each epoch's order: random.Random('mnist_pure <seed> <epoch>')"}
-    metadata = {"epochs": state.epoch, "seed": settings.seed,
-                "learning_rate": settings.learning_rate,
-                "training_images": settings.max_train,
-                "training_state": json.dumps(saved_state)}
-    if test_accuracy is not None:
-        metadata["test_accuracy"] = "%.4f" % test_accuracy
-    extra = network_tensors(state.best_network, "best.") if state.best_network else []
-    save_model(path, network, metadata, extra)
-
-
-def load_run(path):
-    """(network, metadata, recipe dict, TrainingState) from a saved file; recipe
-    and state are None for a model saved without them (e.g. by another tool)."""
-    return run_from_tensors(path, *read_safetensors(path))
-
-
-def run_from_tensors(path, tensors, metadata):
-    """load_run's work, once the file is parsed."""
-    network = network_from_tensors(path, tensors)
-    if "training_state" not in metadata:
-        return network, metadata, None, None
-    try:
-        saved = json.loads(metadata["training_state"])
-        recipe = {f: saved["recipe"][f] for f in RECIPE_FIELDS}
-        for field in RECIPE_FIELDS:
-            kind = type(getattr(Settings, field))
-            if not isinstance(recipe[field], (int, float) if kind is float else kind):
-                raise TypeError(field)
-        state = TrainingState(
-            epoch=int(saved["epoch"]), position=int(saved["position"]),
-            running=epoch_stats_from(saved["running"]) if saved["running"] else None,
-            history=[epoch_stats_from(s) for s in saved["history"]],
-            best_epoch=int(saved["best_epoch"]), best_accuracy=float(saved["best_accuracy"]),
-            stopped_early=bool(saved["stopped_early"]))
-    except (ValueError, KeyError, TypeError, AttributeError) as e:
-        raise MnistError("%s: damaged training state in the metadata (%s)" % (path, describe(e)))
-    if "best.fc1.weight" in tensors:
-        state.best_network = network_from_tensors(path, tensors, "best.")
-    return network, metadata, recipe, state
-
-
-def epoch_stats_from(fields):
-    """EpochStats from its saved dict, every field a number."""
-    stats = EpochStats(**fields)
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool)
-               for v in dataclasses.astuple(stats)):
-        raise TypeError("epoch figures must be numbers")
-    return stats
+    MNIST's digits were prepared this way, and the network only knows digits
+    prepared this way:
+      1. ink is bright: a light background (judged by the border) is inverted,
+         and the background's own level is subtracted;
+      2. crop to the ink's bounding box;
+      3. scale so the longer side is 20 pixels, keeping the aspect ratio
+         (each new pixel averages the area it covers: grey edges, as in MNIST);
+      4. place it in 28x28 with its centre of mass at the centre."""
+    ink = to_ink(width, height, luminance)
+    box = ink_box(width, height, ink)
+    if box is None:
+        return bytes(N_INPUT)
+    left, top, right, bottom = box
+    w, h = right - left, bottom - top
+    crop = [ink[r * width + c] for r in range(top, bottom) for c in range(left, right)]
+    scale = 20.0 / max(w, h)
+    new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
+    scaled = resample(crop, w, h, new_w, new_h)
+    return centre_by_mass(scaled, new_w, new_h)
 
 
 # =============================================================================
@@ -2071,6 +2075,10 @@ Environment: MAX_TRAIN and MAX_TEST set --max-train and --max-test (options win)
 Exit codes: 0 done, 1 error (explained in one line), 2 bad usage, 130 interrupted."""
 
 
+def builtins_input(prompt):
+    return input(prompt)
+
+
 class Console:
     """Where the program talks: output and error streams, and (on a terminal)
     a way to ask. Tests pass their own."""
@@ -2092,10 +2100,6 @@ class Console:
 
     def colour(self):
         return stream_is_terminal(self.out) and not os.environ.get("NO_COLOR")
-
-
-def builtins_input(prompt):
-    return input(prompt)
 
 
 def ask(console, question, default, parse=str, attempts=3):
@@ -2270,6 +2274,19 @@ def given_fields(args):
     return fields
 
 
+def check_usage(parser, args, settings):
+    """Combinations of options that make no sense: usage errors (exit 2)."""
+    if args.load is not None and args.resume is not None:
+        parser.error("--load tests a saved model and --resume trains one further: choose one")
+    if args.load is not None and (args.epochs or args.lr or args.save or args.checkpoint):
+        parser.error("--load only tests a model; to train it further, use --resume %s" % args.load)
+    if settings.plot and not settings.plot.lower().endswith((".svg", ".png")):
+        parser.error("--plot: the file name must end in .svg or .png, not %r" % settings.plot)
+    for option, path in (("--plot-digits", settings.plot_digits), ("--plot-weights", settings.plot_weights)):
+        if path and not path.lower().endswith(".png"):
+            parser.error("%s: the file name must end in .png, not %r" % (option, path))
+
+
 def settings_from_args(parser, args, environ):
     """Settings from parsed options, then environment, then defaults."""
     settings = Settings()
@@ -2295,19 +2312,6 @@ def settings_from_args(parser, args, environ):
         settings.test_each_epoch = True
     check_usage(parser, args, settings)
     return settings
-
-
-def check_usage(parser, args, settings):
-    """Combinations of options that make no sense: usage errors (exit 2)."""
-    if args.load is not None and args.resume is not None:
-        parser.error("--load tests a saved model and --resume trains one further: choose one")
-    if args.load is not None and (args.epochs or args.lr or args.save or args.checkpoint):
-        parser.error("--load only tests a model; to train it further, use --resume %s" % args.load)
-    if settings.plot and not settings.plot.lower().endswith((".svg", ".png")):
-        parser.error("--plot: the file name must end in .svg or .png, not %r" % settings.plot)
-    for option, path in (("--plot-digits", settings.plot_digits), ("--plot-weights", settings.plot_weights)):
-        if path and not path.lower().endswith(".png"):
-            parser.error("%s: the file name must end in .png, not %r" % (option, path))
 
 
 def ask_settings(settings, console):
@@ -2429,48 +2433,6 @@ def resume_command(settings, path):
     return "python %s --resume %s%s" % (os.path.basename(__file__), path, extra)
 
 
-def run_training(settings, given, console):
-    """Train (or resume), test, report. Returns the exit code."""
-    network, state = starting_point(settings, given, console)
-    train, held_out, test = load_data(settings, console)
-    if state.position > len(train):
-        raise MnistError("%s stopped at image %d of an epoch, but there are %d training images"
-                         % (settings.resume, state.position, len(train)))
-    if not settings.learning_rate:
-        settings.learning_rate = default_learning_rate(len(train))
-    engine = make_engine(network, settings.engine)
-    for line in describe_run(settings, len(train), len(test), state):
-        console.say(line)
-    console.say()
-    console.say(EPOCH_HEADER)
-    for stats in state.history:
-        console.say(format_epoch_row(stats))
-    bar = None if settings.quiet else ProgressBar(console.err, "epoch %d" % (state.epoch + 1))
-
-    def on_epoch(stats, engine):
-        if bar:
-            bar.finish()
-        if settings.test_each_epoch:
-            stats.test_accuracy = evaluate(engine, test, testing_bar(settings, console)).accuracy
-        console.say(format_epoch_row(stats))
-        if settings.checkpoint:
-            save_run(settings.checkpoint, engine, settings, state)
-        if bar:
-            bar.restart("epoch %d" % (stats.epoch + 1))
-
-    stop = StopFlag()
-    with InterruptToStop(stop):
-        engine = fit(engine, train, held_out, settings, state, stop, bar, on_epoch)
-    if bar:
-        bar.finish()
-    if stop.requested:
-        return save_interrupted(settings, engine, state, len(train), console)
-    try:
-        return report_results(settings, console, engine, test, state)
-    except KeyboardInterrupt:
-        return save_interrupted(settings, engine, state, len(train), console)
-
-
 def save_interrupted(settings, engine, state, n_train, console):
     """Ctrl-C: save where training is, say how to go on, exit 130."""
     path = settings.checkpoint or DEFAULT_CHECKPOINT
@@ -2485,40 +2447,6 @@ def save_interrupted(settings, engine, state, n_train, console):
 
 def testing_bar(settings, console):
     return None if settings.quiet else ProgressBar(console.err, "testing")
-
-
-def report_results(settings, console, engine, test, state):
-    """Test the trained network and print (and save, and draw) the results."""
-    started = time.perf_counter()
-    bar = testing_bar(settings, console)
-    evaluation = evaluate(engine, test, bar)
-    test_seconds = time.perf_counter() - started
-    if bar:
-        bar.finish()
-    history = state.history
-    train_seconds = sum(s.seconds for s in history)
-    seen = sum(s.seen for s in history)
-    if history:
-        console.say()
-        console.say("trained in %.1f s: %s images seen (%s/s), %s updates, %s mastered images skipped"
-                    % (train_seconds, format(seen, ","), format(int(seen / max(train_seconds, 1e-9)), ","),
-                       format(sum(s.updated for s in history), ","),
-                       format(sum(s.skipped for s in history), ",")))
-    if state.best_network is not None:
-        console.say("early stopping: kept epoch %d (validation accuracy %.2f%%)%s"
-                    % (state.best_epoch, 100 * state.best_accuracy,
-                       ", stopped early" if state.stopped_early else ""))
-    console.say("tested in %.1f s (%s images/s)" % (
-        test_seconds, format(int(len(test) / max(test_seconds, 1e-9)), ",")))
-    report_pictures(settings, console, evaluation, test, engine, history)
-    if settings.save:
-        save_run(settings.save, engine, settings, state, evaluation.accuracy)
-        console.say("saved the model to %s" % settings.save)
-    console.say()
-    console.say(accuracy_line(evaluation))
-    if settings.json:
-        console.say(json.dumps(run_summary(settings, evaluation, state, train_seconds, test_seconds)))
-    return 0
 
 
 def accuracy_line(evaluation):
@@ -2578,6 +2506,82 @@ def run_summary(settings, evaluation, state, train_seconds, test_seconds):
                                                  if s.validation_accuracy >= 0 else None),
                          "updated": s.updated, "skipped": s.skipped,
                          "seconds": round(s.seconds, 3)} for s in state.history]}
+
+
+def report_results(settings, console, engine, test, state):
+    """Test the trained network and print (and save, and draw) the results."""
+    started = time.perf_counter()
+    bar = testing_bar(settings, console)
+    evaluation = evaluate(engine, test, bar)
+    test_seconds = time.perf_counter() - started
+    if bar:
+        bar.finish()
+    history = state.history
+    train_seconds = sum(s.seconds for s in history)
+    seen = sum(s.seen for s in history)
+    if history:
+        console.say()
+        console.say("trained in %.1f s: %s images seen (%s/s), %s updates, %s mastered images skipped"
+                    % (train_seconds, format(seen, ","), format(int(seen / max(train_seconds, 1e-9)), ","),
+                       format(sum(s.updated for s in history), ","),
+                       format(sum(s.skipped for s in history), ",")))
+    if state.best_network is not None:
+        console.say("early stopping: kept epoch %d (validation accuracy %.2f%%)%s"
+                    % (state.best_epoch, 100 * state.best_accuracy,
+                       ", stopped early" if state.stopped_early else ""))
+    console.say("tested in %.1f s (%s images/s)" % (
+        test_seconds, format(int(len(test) / max(test_seconds, 1e-9)), ",")))
+    report_pictures(settings, console, evaluation, test, engine, history)
+    if settings.save:
+        save_run(settings.save, engine, settings, state, evaluation.accuracy)
+        console.say("saved the model to %s" % settings.save)
+    console.say()
+    console.say(accuracy_line(evaluation))
+    if settings.json:
+        console.say(json.dumps(run_summary(settings, evaluation, state, train_seconds, test_seconds)))
+    return 0
+
+
+def run_training(settings, given, console):
+    """Train (or resume), test, report. Returns the exit code."""
+    network, state = starting_point(settings, given, console)
+    train, held_out, test = load_data(settings, console)
+    if state.position > len(train):
+        raise MnistError("%s stopped at image %d of an epoch, but there are %d training images"
+                         % (settings.resume, state.position, len(train)))
+    if not settings.learning_rate:
+        settings.learning_rate = default_learning_rate(len(train))
+    engine = make_engine(network, settings.engine)
+    for line in describe_run(settings, len(train), len(test), state):
+        console.say(line)
+    console.say()
+    console.say(EPOCH_HEADER)
+    for stats in state.history:
+        console.say(format_epoch_row(stats))
+    bar = None if settings.quiet else ProgressBar(console.err, "epoch %d" % (state.epoch + 1))
+
+    def on_epoch(stats, engine):
+        if bar:
+            bar.finish()
+        if settings.test_each_epoch:
+            stats.test_accuracy = evaluate(engine, test, testing_bar(settings, console)).accuracy
+        console.say(format_epoch_row(stats))
+        if settings.checkpoint:
+            save_run(settings.checkpoint, engine, settings, state)
+        if bar:
+            bar.restart("epoch %d" % (stats.epoch + 1))
+
+    stop = StopFlag()
+    with InterruptToStop(stop):
+        engine = fit(engine, train, held_out, settings, state, stop, bar, on_epoch)
+    if bar:
+        bar.finish()
+    if stop.requested:
+        return save_interrupted(settings, engine, state, len(train), console)
+    try:
+        return report_results(settings, console, engine, test, state)
+    except KeyboardInterrupt:
+        return save_interrupted(settings, engine, state, len(train), console)
 
 
 def run_evaluation(settings, console):
@@ -2674,10 +2678,6 @@ def run_predict(args, console):
         if not args.no_draw:
             console.say("\n".join(render_digit(image, half=False)))
     return 1 if failures else 0
-
-
-def one_line(text):
-    return " ".join(text.split())
 
 
 def run(argv, console):
