@@ -1,6 +1,63 @@
 """mnist_pure: a neural network that learns to read handwritten digits, in pure Python.
 
-TOUR PLACEHOLDER
+`python mnist_pure.py` trains a 784-128-10 network on 1,000 MNIST images in
+seconds and scores it on all 10,000 test images (about 90%); with
+`--max-train 60000` it passes 98%. It uses nothing but Python's standard
+library, and every step of the arithmetic is written out in this file.
+
+How to read this file
+---------------------
+Top to bottom: no name is used before it is defined, and the lesson comes
+first. Sections 1-9 are the whole neural network; the rest is the tool.
+
+     1. Settings and constants   the recipe's defaults, in one place
+     2. Math kernels             dot, matmul, and their sparse cousins
+     3. exp and log, by hand     range reduction and a short series
+     4. Activations and loss     relu, softmax, cross-entropy
+     5. Data                     MNIST's files -> (inked pixels, their values)
+     6. The network              forward, backward, update  <- start here
+     7. The packed engine        the same network, 128 weights per integer
+     8. Evaluation               how often is it right?
+     9. Training until mastery   SGD, the learning-rate schedule, mastery
+    10. Looking inside           --trace and --gradcheck
+    11-16. Reports, pictures, model files, checkpoints, your own digit, the CLI
+
+Notation (one image at a time; shapes in brackets)
+--------------------------------------------------
+    x      [784]        the pixels row by row, 0 (paper) .. 1 (ink)
+    W1     [784][128]   W1[i][j]: the weight from pixel i to hidden unit j
+    b1     [128]        the hidden units' biases
+    a      [128]        a = x @ W1 + b1, what each hidden unit receives
+    h      [128]        h = relu(a) = max(0, a), the hidden layer
+    W2     [128][10]    W2[j][k]: the weight from hidden unit j to digit k
+    b2     [10]
+    z      [10]         z = h @ W2 + b2, the logits: one score per digit
+    p      [10]         p = softmax(z): p[k] is how sure the network is of k
+    y                   the true label, 0..9
+    loss                -ln p[y], the cross-entropy
+    dX                  d(loss)/d(X), the gradient: same shape as X
+W1 is stored the way x @ W1 reads it, one row of 128 weights per pixel.
+(PyTorch's nn.Linear stores the transpose, [out, in]; the model files use
+PyTorch's layout, see section 13.)
+
+Two ideas make it fast, in every engine
+---------------------------------------
+  - Sparse input: 81% of MNIST's pixels are blank, and a blank pixel adds
+    nothing to x @ W1, so only the ~150 inked pixels' rows of W1 are read
+    and updated.
+  - Live units: after ReLU about half the hidden units are 0; they add nothing
+    to z and their gradient is 0, so past the first layer only the live ones
+    are used.
+
+The engines
+-----------
+Section 6's network is the reference ("lists" engine): plain Python loops,
+which PyPy's JIT compiles into fast machine code. On CPython every
+Python-level multiply-add costs ~50 ns, so section 7 holds the same network
+with each row of W1 packed into one big integer, so that 128 multiply-adds
+become one integer operation in C ("packed" engine). They take the same steps
+and agree to ~1e-8 (tests/test_network.py checks it). --engine auto picks the
+faster one for the interpreter running it.
 """
 
 import argparse
@@ -26,42 +83,40 @@ import zlib
 # 1. Settings and constants
 # =============================================================================
 
-HERE = os.path.dirname(os.path.abspath(__file__))
+HERE = os.path.dirname(os.path.abspath(__file__))     # paths are relative to this file
 
 IMAGE_SIDE = 28
-N_INPUT = IMAGE_SIDE * IMAGE_SIDE   # 784 pixels
-N_HIDDEN = 128
-N_OUTPUT = 10                        # digits 0..9
+N_INPUT = IMAGE_SIDE * IMAGE_SIDE    # 784 pixels, the input layer
+N_HIDDEN = 128                       # hidden units
+N_OUTPUT = 10                        # one output per digit 0..9
 
+# The training recipe's defaults. Section 9 says why each is what it is.
+DEFAULT_MAX_TRAIN = 1000     # training images: a few seconds of CPU, ~90% accuracy
+DEFAULT_MAX_TEST = 10000     # the whole test set (200 images would be too noisy a score)
+DEFAULT_EPOCHS = 10          # passes over the training images
+DEFAULT_LR_DECAY = 0.7       # the learning rate is multiplied by this ...
+DEFAULT_DECAY_EVERY = 5      # ... every this many epochs
+DEFAULT_MASTERY = 0.99       # no update for an image answered right with p[y] >= this
+DEFAULT_SEED = 1             # the same seed repeats a run exactly
 
-# The training recipe's defaults (section 8 says why each is what it is).
-DEFAULT_MAX_TRAIN = 1000         # training images: seconds of CPU, ~90% accuracy
-DEFAULT_MAX_TEST = 10000         # the whole test set: fewer gives noisy figures
-DEFAULT_EPOCHS = 10              # passes over the training images
-DEFAULT_LR_DECAY = 0.7           # the learning rate is multiplied by this ...
-DEFAULT_DECAY_EVERY = 5          # ... every this many epochs
-DEFAULT_MASTERY = 0.99           # skip the update when p(right answer) >= this
-DEFAULT_SEED = 1
+ON_PYPY = sys.implementation.name == "pypy"
+INFINITY = float("inf")
 
 
 class MnistError(Exception):
-    """A problem the user can fix, reported as one line (exit code 1)."""
-
-
-ON_PYPY = sys.implementation.name == "pypy"
+    """A problem the user can fix (a missing file, a damaged model ...),
+    reported as one line on stderr with exit code 1."""
 
 
 def describe(error):
-    """An exception as a short phrase for a one-line message."""
-    text = str(error) or type(error).__name__
+    """An exception as a short phrase, for a one-line message."""
+    text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
 
 def one_line(text):
+    """text with its line breaks and runs of spaces folded into single spaces."""
     return " ".join(text.split())
-
-
-INFINITY = float("inf")
 
 
 @dataclasses.dataclass
@@ -177,10 +232,13 @@ def argmax(v):
 # =============================================================================
 # 3. exp and log, by hand
 # =============================================================================
-# Both reduce their argument to a small range where a short series converges
-# fast, then undo the reduction with exact operations (powers of two).
-# Error: a few units in the last place (ulps) against math.exp / math.log over
-# every float (tests check this).
+# softmax needs e**z and the loss needs ln p. Both are written here, so that
+# nothing in the network's arithmetic is a black box. Each reduces its argument
+# to a small range where a short series converges fast, then undoes the
+# reduction with exact operations (multiplying by powers of two). Both stay
+# within 1 unit in the last place (ulp) of math.exp / math.log over every
+# float (tests/test_math.py checks this); math is used only for frexp/ldexp,
+# which take floats apart and put them together without rounding.
 #
 # ln 2 split in two (Cody and Waite): LN2_HI has trailing zero bits, so k * LN2_HI
 # is exact for the k we meet, and LN2_LO carries the rest of ln 2.
@@ -244,7 +302,10 @@ LOG_FLOOR = 1e-12   # p[y] is clamped here, so a confident mistake costs <= 27.6
 
 
 def relu(v):
-    """max(0, v_i) for each entry: the hidden layer's non-linearity."""
+    """max(0, v_i) for each entry: the hidden layer's non-linearity (without
+    one, two layers would collapse into a single linear map). Its slope is 1
+    where v_i > 0 and 0 elsewhere, so in the backward pass a gradient passes
+    through a unit only if it fired."""
     return [a if a > 0.0 else 0.0 for a in v]
 
 
@@ -260,7 +321,9 @@ def softmax(z):
 
 
 def cross_entropy(p, label):
-    """loss = -ln p[label]: 0 when the network is sure and right, large when wrong."""
+    """loss = -ln p[label]: 0 when the network is sure and right, large when it
+    is sure and wrong. With softmax before it, its gradient by the logits is
+    simply p - onehot(label) (derived in Network.backward)."""
     return -log(max(p[label], LOG_FLOOR))
 
 
@@ -305,6 +368,10 @@ def sparse_pixels_in_c(image):
     compress(image, image) their values."""
     return (list(itertools.compress(PIXEL_POSITIONS, image)),
             list(itertools.compress(image, image)))
+
+
+# A *sample*, what the network reads, is (indices of the inked pixels, their
+# bytes 1..255); x_i = byte / 255. Each interpreter gets its faster version.
 SPARSE_PIXELS = sparse_pixels if ON_PYPY else sparse_pixels_in_c
 
 
@@ -432,25 +499,32 @@ def load_mnist(data_dir, warn):
 # =============================================================================
 # 6. The network: 784 pixels -> 128 ReLU units -> 10 softmax outputs
 # =============================================================================
-# Forward, for one image (shapes in brackets):
-#     x      = pixels / 255                      [784]  only ~150 are nonzero
-#     h      = relu(x @ W1 + b1)                 [128]  W1 [784][128], b1 [128]
-#     z      = h @ W2 + b2                       [10]   W2 [128][10],  b2 [10]
-#     p      = softmax(z)                        [10]   p[k] = P(digit is k)
-#     loss   = -ln p[y]                                 y = the true label
-# W1[i][j] is the weight from pixel i to hidden unit j: row i of W1 is all that
-# pixel i touches, which is why a blank pixel costs nothing.
-# Backward, the same steps in reverse order (the chain rule):
-#     dz     = p - onehot(y)                     [10]   derived in `backward`
-#     dW2    = outer(h, dz),   db2 = dz
-#     dh     = (W2 @ dz) where h > 0, else 0     [128]
-#     dW1    = outer(x, dh),   db1 = dh
-# and stochastic gradient descent moves every parameter a little downhill:
-#     W -= learning_rate * dW     after every single image.
+# Forward, one image at a time (shapes in brackets):
+#     x    = pixels / 255                  [784]  ~150 nonzero
+#     a    = x @ W1 + b1                   [128]  W1 [784][128], b1 [128]
+#     h    = relu(a)                       [128]  ~half are 0
+#     z    = h @ W2 + b2                   [10]   W2 [128][10],  b2 [10]
+#     p    = softmax(z)                    [10]   p[k]: how sure it is of k
+#     loss = -ln p[y]                             y: the true label
+# Backward: the same lines in reverse order, each one the chain rule applied
+# to the forward line it undoes:
+#     dz   = p - onehot(y)                 [10]   softmax + loss (see backward)
+#     dW2  = outer(h, dz),  db2 = dz              from z = h @ W2 + b2
+#     dh   = W2 @ dz                       [128]  ... the same line, by h
+#     da   = dh where a > 0, else 0        [128]  from h = relu(a)
+#     dW1  = outer(x, da),  db1 = da              from a = x @ W1 + b1
+# And stochastic gradient descent (SGD) moves every parameter a small step
+# downhill after every image:  W -= learning_rate * dW.
+#
+# Why outer products: W[i][j] carries input i to output j, so its gradient is
+# (input i) * (the output's gradient j). Where x_i = 0 (a blank pixel) or
+# da_j = 0 (a unit that did not fire) that product is 0: the update only
+# touches the rows of inked pixels and the columns of live units.
+
 
 class Activations:
-    """What the forward pass computed for one image, kept for the backward pass:
-    x and h as sparse vectors (indices, values), and p."""
+    """What the forward pass computed for one image, kept for the backward
+    pass: x and h as sparse vectors (indices, values), and p."""
     __slots__ = ("x", "h", "p")
 
     def __init__(self, x, h, p):
@@ -458,20 +532,25 @@ class Activations:
 
 
 class Network:
-    """The parameters W1, b1, W2, b2 as plain lists, and the plain-Python engine
-    (the reference: the fast engine in the next section must equal it)."""
+    """The parameters W1, b1, W2, b2 as plain lists, and the reference engine
+    that trains them. Every engine offers the same three calls:
+        forward(sample) -> activations (with .p)     one image through the net
+        learn(activations, label, learning_rate)     backward pass and update
+        to_network()    -> Network                   the weights, as lists"""
 
     def __init__(self, w1, b1, w2, b2):
         self.w1, self.b1, self.w2, self.b2 = w1, b1, w2, b2
 
     @classmethod
     def random(cls, rng, n_hidden=N_HIDDEN):
-        """He initialisation: weights uniform in +-sqrt(6 / fan_in), variance
-        2 / fan_in, biases 0. With that variance a ReLU layer passes on signals
-        of the same size as it receives, so on the first image about half the
-        hidden units fire; too small and nothing is learned, too large (or all
-        alike, as in the script this grew from) and the units die or agree.
-        (Uniform, from rng.random() only, so a seed repeats on every Python.)"""
+        """A new network with He initialisation: weights uniform in
+        +-sqrt(6 / fan_in), so their variance is 2 / fan_in, and biases 0.
+        With that variance a ReLU layer hands on signals of the same size as it
+        receives (ReLU zeroes half of them, the factor 2 makes up for it), so
+        from the first image about half the hidden units fire. Much smaller and
+        the signal fades; larger, or all weights alike (as in the script this
+        project grew from: 10% accuracy), and units die or learn the same thing.
+        Drawn with rng.random() only, so a seed repeats on every Python."""
         def layer(fan_in, fan_out):
             limit = math.sqrt(6.0 / fan_in)
             return [[(2.0 * rng.random() - 1.0) * limit for _ in range(fan_out)]
@@ -484,41 +563,47 @@ class Network:
         return len(self.b1)
 
     def forward(self, sample):
-        """Activations for one sample (indices of inked pixels, their bytes)."""
+        """One image through the network. sample: (indices of the inked pixels,
+        their bytes), see section 5."""
         indices, pixels = sample
-        x = (indices, [v / 255.0 for v in pixels])
-        h = nonzero(relu(add(sparse_vecmat(x, self.w1), self.b1)))   # [128], ~50 alive
-        z = add(sparse_vecmat(h, self.w2), self.b2)                  # dead units add 0
+        x = (indices, [v / 255.0 for v in pixels])                   # [784], sparse
+        a = add(sparse_vecmat(x, self.w1), self.b1)                  # [128]
+        h = nonzero(relu(a))                                         # [128], sparse: live units
+        z = add(sparse_vecmat(h, self.w2), self.b2)                  # [10]
         return Activations(x, h, softmax(z))
 
     def backward(self, acts, label):
-        """(dz, dh): d(loss)/d(z) [10] and d(loss)/d(x @ W1 + b1), sparse [128].
+        """(dz, da): the gradient of the loss by the logits z [10], and by the
+        hidden units' input a, sparse [128] (nonzero only for live units).
 
-        Softmax and cross-entropy together have a simple gradient. With
-        loss = -z_y + ln sum_j e**z_j, differentiating by z_k gives
-        -[k == y] + e**z_k / sum_j e**z_j = p_k - [k == y]:
-        the predicted probabilities minus the one-hot answer."""
+        The softmax-and-cross-entropy gradient. With p = softmax(z),
+            loss = -ln p_y = -z_y + ln(sum_j e**z_j),
+        and differentiating by z_k:
+            d(loss)/d(z_k) = -[k == y] + e**z_k / sum_j e**z_j = p_k - [k == y].
+        The probabilities minus the one-hot answer: 0 when the network is sure
+        and right, and largest for the digits it wrongly believes in."""
         dz = list(acts.p)
-        dz[label] -= 1.0
-        # z = h @ W2 + b2, so d(loss)/d(h_j) = sum_k W2[j][k] dz_k = W2[j] . dz;
-        # ReLU passes it only where h_j > 0 (elsewhere its slope is 0): the live units.
+        dz[label] -= 1.0                                             # dz = p - onehot(y)
+        # z = h @ W2 + b2 gives d(loss)/d(h_j) = sum_k W2[j][k] dz_k = W2[j] . dz;
+        # h = relu(a) passes it on only where a_j > 0: the live units.
         live = acts.h[0]
         return dz, (live, [dot(self.w2[j], dz) for j in live])
 
-    def update(self, acts, dz, dh, learning_rate):
-        """One SGD step.  A weight W[i][j] feeds input i into output j, so its
-        gradient is input_i * error_j: dW2 = outer(h, dz), dW1 = outer(x, dh)."""
+    def update(self, acts, dz, da, learning_rate):
+        """One SGD step: W -= learning_rate * dW for every parameter, with
+        dW2 = outer(h, dz), db2 = dz, dW1 = outer(x, da), db1 = da."""
         subtract_outer(self.w2, acts.h, dense(dz), learning_rate)
         for k, g in enumerate(dz):
             self.b2[k] -= learning_rate * g
-        subtract_outer(self.w1, acts.x, dh, learning_rate)
-        for j, g in zip(*dh):
+        subtract_outer(self.w1, acts.x, da, learning_rate)
+        for j, g in zip(*da):
             self.b1[j] -= learning_rate * g
 
     def learn(self, acts, label, learning_rate):
-        """Backward and update, for a sample whose forward pass is `acts`."""
-        dz, dh = self.backward(acts, label)
-        self.update(acts, dz, dh, learning_rate)
+        """The backward pass and the update, for an image whose forward pass
+        gave `acts`. (dh is worked out from the old W2, before W2 changes.)"""
+        dz, da = self.backward(acts, label)
+        self.update(acts, dz, da, learning_rate)
 
     def to_network(self):
         return self
@@ -531,25 +616,32 @@ class Network:
 # =============================================================================
 # 7. The packed engine: 128 weights in one integer (for CPython)
 # =============================================================================
-# CPython spends ~50 ns on every Python-level multiply-add, and the first layer
-# needs ~150 x 128 of them per image. Python's integers are arbitrary-precision
-# and their arithmetic runs in C, so this engine packs the 128 weights leaving
-# one pixel (row i of W1) into one big integer, 64 bits per weight ("lane"):
-#     row_int = sum_j (round(W1[i][j] * 2**40) + OFFSET) << (64 * j)
-# Then one C-level multiply-add updates all 128 lanes at once:
-#     acc += pixel_byte * row_int          (for the ~150 inked pixels)
-# and every lane of acc holds sum_i byte_i * (W1[i][j] * 2**40 + OFFSET), from
-# which x @ W1 follows exactly. The weight update is one integer subtraction per
-# inked pixel: row_int -= pixel_byte * step_int, step_int packing the 128 steps.
+# CPython spends ~50 ns on every Python-level multiply-add, and x @ W1 alone
+# needs ~150 x 128 of them per image. Python's integers have no size limit and
+# their arithmetic runs in C. So this engine packs the 128 weights of one
+# pixel's row of W1 into one big integer, 64 bits ("a lane") per weight, each
+# weight as a fixed-point number (an integer count of 2**-40ths):
+#     row_int[i] = sum_j (round(W1[i][j] * 2**40) + OFFSET) << (64 * j)
+# Then ONE integer multiply-add, done in C, works on all 128 lanes at once:
+#     acc += pixel_byte[i] * row_int[i]          for the ~150 inked pixels
+# and lane j of acc ends up holding sum_i byte_i * (W1[i][j] * 2**40 + OFFSET):
+# remove the offsets, divide by 255 * 2**40, and that is (x @ W1)_j. Likewise
+# the update of row i of W1 is one integer subtraction,
+#     row_int[i] -= pixel_byte[i] * step_int      step_int packing 128 steps.
+# A small example with 2 lanes of 8 bits, offset 16, no fraction bits: weights
+# (3, -5) pack to (3+16) + (-5+16) * 256 = 19 + 11 * 256; times a pixel byte 2
+# that is 38 + 22 * 256: lane 0 holds 2 * 19, lane 1 holds 2 * 11, separate.
 #
-# Limits (checked, never assumed): each lane must stay within 0 <= lane < 2**64,
-# or it would carry into its neighbour. With OFFSET = 32 * 2**40 a lane of a row
-# holds 0..64 * 2**40 while |W1[i][j]| <= 32, and acc's lanes at most
-# 784 * 255 * 64 * 2**40 < 2**64. So |W1| must stay <= 32: `learn` keeps a proven
-# bound on max |W1| and raises MnistError before an update could pass it (only
-# a diverging run gets there: trained weights are below 1). Weights are kept to
-# 2**-40 (~1e-12); the result equals the reference engine to ~1e-8 after an epoch.
-# Only W1 is packed: W2 and the biases are small and stay float lists.
+# The limits, checked and never assumed: a lane must stay within 0..2**64-1,
+# or it would carry into its neighbour and corrupt it. With OFFSET = 32 * 2**40
+# a lane of a row holds 0..64 * 2**40 as long as |W1[i][j]| <= 32, and a lane
+# of acc at most 784 * 255 * 64 * 2**40 < 2**64. So |W1| must stay <= 32:
+# `learn` keeps a proven bound on max |W1| and raises MnistError before any
+# update could break it (only a diverging run gets there; trained weights stay
+# below 1). Weights are kept to 2**-40 (~1e-12), so the two engines drift apart
+# by ~1e-8 over hundreds of steps, far below what changes a prediction.
+# Only W1 is packed: W2 and the biases are small and stay float lists; their
+# dot products use math.sumprod (C, Python 3.12+) or sum(map(mul, ...)).
 
 FRACTION_BITS = 40
 LANE_BITS = 64
@@ -557,12 +649,11 @@ SCALE = 1 << FRACTION_BITS               # 1.0 as a lane value
 WEIGHT_LIMIT = 32                        # |W1| bound that keeps lanes in range
 OFFSET = WEIGHT_LIMIT * SCALE            # makes every lane of a row non-negative
 HALF_LANE = 1 << (LANE_BITS - 1)         # bias used to pack signed steps
-# array('Q') reads 64-bit lanes in this machine's byte order.
-LANE_ORDER = sys.byteorder
+BIG_ENDIAN = sys.byteorder == "big"      # array('Q') uses the machine's byte order
 
 
 def sum_of_products(u, v):
-    """u . v with the loop in C: dot() for the fast engine."""
+    """u . v with the loop in C, like dot() (section 2)."""
     return sum(map(operator.mul, u, v))
 
 
@@ -570,17 +661,25 @@ sumprod = getattr(math, "sumprod", sum_of_products)   # math.sumprod: Python 3.1
 
 
 def pack_lanes(values):
-    """sum_j values[j] << (64 j) for non-negative ints < 2**64, via bytes (in C)."""
-    return int.from_bytes(array.array("Q", values).tobytes(), LANE_ORDER)
+    """sum_j values[j] << (64 j), for ints 0 <= values[j] < 2**64: the list
+    written out as 8-byte words (in C, by array) and read back as one int."""
+    words = array.array("Q", values)
+    if BIG_ENDIAN:
+        words.byteswap()
+    return int.from_bytes(words.tobytes(), "little")
 
 
 def unpack_lanes(number, n):
-    """The n 64-bit lanes of a packed int, as an array of ints."""
-    return array.array("Q", number.to_bytes(8 * n, LANE_ORDER))
+    """The n 64-bit lanes of a packed int, lane 0 first (the inverse of pack_lanes)."""
+    words = array.array("Q", number.to_bytes(8 * n, "little"))
+    if BIG_ENDIAN:
+        words.byteswap()
+    return words
 
 
 class PackedActivations:
-    """Forward results of the packed engine: live hidden units and their W2 rows."""
+    """The packed engine's forward results, kept for its backward pass: the
+    sample, the live units (indices and values of h) and their rows of W2."""
     __slots__ = ("sample", "live", "h", "w2_live", "p")
 
     def __init__(self, sample, live, h, w2_live, p):
@@ -588,22 +687,22 @@ class PackedActivations:
 
 
 class PackedNetwork:
-    """The network of section 6, W1 held as packed integers. Same results."""
+    """Section 6's network with W1 held as 784 packed integers (one per pixel):
+    the same forward, learn and to_network, the same results to ~1e-8."""
 
-    def __init__(self, net):
-        n = net.n_hidden
-        self.n_hidden = n
-        self.rows = [pack_lanes([round(w * SCALE) + OFFSET for w in row]) for row in net.w1]
-        self.b1, self.w2, self.b2 = list(net.b1), [list(r) for r in net.w2], list(net.b2)
-        self.all_offsets = pack_lanes([OFFSET] * n)
-        self.all_half = pack_lanes([HALF_LANE] * n)
-        self.weight_bound = self.max_abs_w1()   # proven: max |W1| <= weight_bound
+    def __init__(self, network):
+        self.n_hidden = network.n_hidden
+        self.rows = [pack_lanes([round(w * SCALE) + OFFSET for w in row]) for row in network.w1]
+        self.b1, self.w2, self.b2 = list(network.b1), [list(r) for r in network.w2], list(network.b2)
+        self.all_half = pack_lanes([HALF_LANE] * self.n_hidden)
+        self.weight_bound = self.max_abs_w1()      # proven: max |W1| <= weight_bound
 
     def unpacked_row(self, i):
         """Row i of W1 as floats (exact: every packed weight is k / 2**40)."""
         return [(lane - OFFSET) / SCALE for lane in unpack_lanes(self.rows[i], self.n_hidden)]
 
     def max_abs_w1(self):
+        """max |W1[i][j]|, counted exactly over every lane (~5 ms)."""
         extreme = 0
         for row in self.rows:
             lanes = unpack_lanes(row, self.n_hidden)
@@ -617,18 +716,19 @@ class PackedNetwork:
     def forward(self, sample):
         indices, pixels = sample
         rows = self.rows
-        # acc's lane j = sum_i byte_i * (W1[i][j] * 2**40 + OFFSET), all lanes at once.
+        # a = x @ W1 + b1. In C: acc = sum over inked pixels of byte_i * row_int[i],
+        # so lane j of acc = sum_i byte_i * (W1[i][j] * 2**40 + OFFSET).
         acc = sum(map(operator.mul, pixels, map(rows.__getitem__, indices)))
         lanes = unpack_lanes(acc, self.n_hidden)
-        # Remove the offsets, scale by 1 / (255 * 2**40): (x @ W1)_j, then add b1.
-        offsets = OFFSET * sum(pixels)
-        unscale = 1.0 / (255 * SCALE)
-        pre = [(lane - offsets) * unscale + b for lane, b in zip(lanes, self.b1)]
-        live = [j for j, a in enumerate(pre) if a > 0.0]      # the ReLUs that fired
-        h = [pre[j] for j in live]
+        offsets = OFFSET * sum(pixels)               # what the offsets added to each lane
+        unscale = 1.0 / (255 * SCALE)                # x_i = byte_i / 255, weights * 2**40
+        a = [(lane - offsets) * unscale + b for lane, b in zip(lanes, self.b1)]    # [128]
+        live = [j for j, v in enumerate(a) if v > 0.0]          # h = relu(a): live units
+        h = [a[j] for j in live]
         w2 = self.w2
         w2_live = [w2[j] for j in live]
-        # z_k = b2_k + sum over live j of h_j W2[j][k]  (columns of the live rows)
+        # z = h @ W2 + b2 over live units: z_k = b2_k + sum_j h_j W2[j][k], the
+        # columns of the live rows (zip(*rows) turns rows into columns, in C).
         if live:
             z = [b + sumprod(column, h) for column, b in zip(zip(*w2_live), self.b2)]
         else:
@@ -636,36 +736,43 @@ class PackedNetwork:
         return PackedActivations(sample, live, h, w2_live, softmax(z))
 
     def learn(self, acts, label, learning_rate):
+        """Network.backward and Network.update, step for step."""
         dz = list(acts.p)
-        dz[label] -= 1.0                                         # p - onehot(y)
-        dh = [sumprod(row, dz) for row in acts.w2_live]          # W2[j] . dz, live j
-        # W2 -= lr outer(h, dz), b2 -= lr dz  (rows of live units only)
+        dz[label] -= 1.0                                         # dz = p - onehot(y)
+        da = [sumprod(row, dz) for row in acts.w2_live]          # W2[j] . dz, live j
+        # W2 -= lr * outer(h, dz) (live rows only), b2 -= lr * dz, b1 -= lr * da
         w2 = self.w2
         step_z = [learning_rate * g for g in dz]
         for j, hj in zip(acts.live, acts.h):
             w2[j] = [w - hj * s for w, s in zip(w2[j], step_z)]
         self.b2 = [b - s for b, s in zip(self.b2, step_z)]
         b1 = self.b1
-        for j, g in zip(acts.live, dh):
+        for j, g in zip(acts.live, da):
             b1[j] -= learning_rate * g
-        # W1 -= lr outer(x, dh) with x_i = byte_i / 255: lane j of pixel i moves by
-        # byte_i * step_j, step_j = round(lr dh_j 2**40 / 255). Pack the 128 steps
-        # (each biased by 2**63 to pack it as an unsigned lane, then unbiased).
+        # W1 -= lr * outer(x, da), x_i = byte_i / 255: lane j of row i drops by
+        # byte_i * step_j lane units, step_j = round(lr * da_j * 2**40 / 255).
         to_lanes = learning_rate * SCALE / 255.0
         indices, pixels = acts.sample
-        if dh:     # the largest change any weight can see, for the range proof
-            self.check_range((max(map(abs, dh)) * to_lanes + 1) * max(pixels) / SCALE)
+        if da:     # the largest change any weight can see, for the range proof
+            self.check_range((max(map(abs, da)) * to_lanes + 1) * max(pixels) / SCALE)
+        # pack_lanes takes lanes 0..2**64-1, so each signed step is stored plus
+        # 2**63, and all_half (2**63 in every lane) is subtracted after packing:
+        # integer arithmetic is exact, so step_int = sum_j step_j << (64 j).
         steps = [HALF_LANE] * self.n_hidden
-        for j, g in zip(acts.live, dh):
+        for j, g in zip(acts.live, da):
             steps[j] = HALF_LANE + round(g * to_lanes)
-        step = pack_lanes(steps) - self.all_half
+        step_int = pack_lanes(steps) - self.all_half
+        # A negative step borrows from the lane above and a positive one carries
+        # into it, but the borrows and carries cancel exactly while every lane
+        # stays in range, which check_range has just made sure of.
         rows = self.rows
         for i, v in zip(indices, pixels):
-            rows[i] -= v * step
+            rows[i] -= v * step_int
 
     def check_range(self, change):
-        """Keep the proof that |W1| <= WEIGHT_LIMIT after a change of at most
-        `change` to any weight; recount exactly when the cheap bound runs out."""
+        """Keep the proof that |W1| <= WEIGHT_LIMIT through a change of at most
+        `change` to any weight. The bound grows by each step's largest change;
+        when it would pass the limit, the weights are counted exactly (rare)."""
         if self.weight_bound + change > WEIGHT_LIMIT:
             self.weight_bound = self.max_abs_w1()
             if self.weight_bound + change > WEIGHT_LIMIT:
