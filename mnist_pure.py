@@ -797,7 +797,11 @@ def make_engine(network, name):
 # =============================================================================
 # 8. Evaluation
 # =============================================================================
-PROGRESS_EVERY = 200
+# The network's guess is the digit with the largest probability; accuracy is
+# how often that guess is the label, over images it never trained on.
+
+PROGRESS_EVERY = 200         # images between calls of a progress callback
+
 
 def predict(engine, sample):
     """The probabilities p[0..9] for one sample."""
@@ -832,7 +836,7 @@ class Evaluation:
 
 
 def evaluate(engine, data, progress=None):
-    """Run the network on every image of data."""
+    """The network's guess, and how sure it was, for every image of data."""
     guesses, confidences = [], []
     for k in range(len(data)):
         p = predict(engine, data.sample(k))
@@ -845,6 +849,7 @@ def evaluate(engine, data, progress=None):
 
 
 def accuracy(engine, data, progress=None):
+    """The fraction of data's images the network gets right."""
     return evaluate(engine, data, progress).accuracy
 
 
@@ -868,11 +873,12 @@ def accuracy(engine, data, progress=None):
 # reached 98%.
 
 def default_learning_rate(n_train):
-    """0.05 for up to 5,000 images, falling as 1/sqrt(n) to 0.0129 at 60,000 (the
-    README's table holds the measurements). A small set is seen in few steps per
-    epoch, so a hot rate learns it fastest; over 60,000 steps an epoch, 0.05
-    drives hidden units where their ReLU is 0 for every image ("dead") and
-    accuracy collapses, while ~0.01-0.02 trains smoothly."""
+    """0.05 for up to 5,000 images, then falling as 1/sqrt(n) to 0.0144 at
+    60,000 (README, "Accuracy", has the measurements). A small set gets few
+    steps per epoch, and a hot rate learns it fastest (on 1,000 images 0.05
+    beats 0.01 by ~1.5 points). 60,000 steps of 0.05 per epoch drive hidden
+    units to where their ReLU is 0 for every image ("dead": they never learn
+    again) and accuracy suffers, while 0.01-0.02 trains smoothly."""
     return min(0.05, 0.05 * math.sqrt(5000.0 / max(n_train, 1)))
 
 
@@ -973,7 +979,7 @@ class StopFlag:
     requested = False
 
 
-LOSS_DIVERGED = 1e6
+LOSS_DIVERGED = 1e6          # a loss beyond this (or nan) means the weights blew up
 
 
 def train_epoch(engine, data, settings, state, stop, progress=None):
@@ -1043,47 +1049,56 @@ def fit(engine, data, held_out, settings, state, stop, progress=None, on_epoch=N
 # =============================================================================
 # 10. Looking inside: one step traced, gradients checked
 # =============================================================================
+# --trace shows one training step with its numbers; --gradcheck compares every
+# gradient of `backward` with what finite differences measure (the same check
+# as tests/test_network.py), the standard way to catch a wrong derivation.
 
 def norm(values):
     """The Euclidean length sqrt(sum v**2) of a vector."""
     return math.sqrt(sum(v * v for v in values))
 
 
+def bracketed(v):
+    """A short vector as text: '[+0.10 -0.85 ...]'."""
+    return "[" + " ".join("%+.2f" % a for a in v) + "]"
+
+
 def trace_step(network, sample, label, learning_rate):
-    """One training step of the reference network, told step by step as lines
-    of text. The network is changed (trace a copy)."""
+    """One training step of the reference network, told line by line: the
+    forward pass (section 6's lines, summarised), the loss, the backward pass,
+    the update, and the loss on the same image afterwards.
+    Returns (lines of text, loss before, loss after). Changes `network`."""
     indices, pixels = sample
     x = (indices, [v / 255.0 for v in pixels])
-    pre = add(sparse_vecmat(x, network.w1), network.b1)
-    h = relu(pre)
-    live = nonzero(h)
-    z = add(sparse_vecmat(live, network.w2), network.b2)
+    a = add(sparse_vecmat(x, network.w1), network.b1)
+    h = nonzero(relu(a))
+    z = add(sparse_vecmat(h, network.w2), network.b2)
     p = softmax(z)
     loss = cross_entropy(p, label)
     guess = argmax(p)
-    acts = Activations(x, live, p)
-    dz, dh = network.backward(acts, label)
-    row = lambda v: "[" + " ".join("%+.2f" % a for a in v) + "]"
+    acts = Activations(x, h, p)
+    dz, da = network.backward(acts, label)
     lines = [
         "one step of SGD on an image of a %d, learning rate %g" % (label, learning_rate),
         "x = pixels / 255        [784]  %d pixels inked (%.0f%%), values %.3f..%.3f"
         % (len(indices), 100.0 * len(indices) / N_INPUT, min(x[1] or [0]), max(x[1] or [0])),
-        "a = x @ W1 + b1         [%d]  min %+.3f  max %+.3f   (only the %d inked rows of W1 read)"
-        % (len(pre), min(pre), max(pre), len(indices)),
-        "h = relu(a)             [%d]  %d of %d units fired (h > 0), the rest are 0"
-        % (len(h), len(live[0]), len(h), ),
-        "z = h @ W2 + b2         [10]   %s" % row(z),
-        "p = softmax(z)          [10]   %s" % row(p),
+        "a = x @ W1 + b1         [%d]  min %+.3f  max %+.3f  (reads the %d inked rows of W1)"
+        % (len(a), min(a), max(a), len(indices)),
+        "h = relu(a)             [%d]  %d of %d units fired (h > 0); the rest are 0"
+        % (len(a), len(h[0]), len(a)),
+        "z = h @ W2 + b2         [10]   %s" % bracketed(z),
+        "p = softmax(z)          [10]   %s" % bracketed(p),
         "guess %d (p = %.3f); the answer is %d (p = %.3f)" % (guess, p[guess], label, p[label]),
         "loss = -ln p[%d]         %.4f" % (label, loss),
-        "dz = p - onehot(%d)      [10]   %s" % (label, row(dz)),
-        "dh = (W2 @ dz) * [h>0]  [%d]  nonzero for the %d live units only" % (len(h), len(dh[0])),
-        "gradient sizes (Euclidean norms; an outer product's norm is the product of norms):",
-        "  |dW2| = |h| |dz| = %.4f   |db2| = %.4f" % (norm(live[1]) * norm(dz), norm(dz)),
-        "  |dW1| = |x| |dh| = %.4f   |db1| = %.4f   (%d x %d entries nonzero of 784 x %d)"
-        % (norm(x[1]) * norm(dh[1]), norm(dh[1]), len(indices), len(dh[0]), len(h)),
+        "dz = p - onehot(%d)      [10]   %s" % (label, bracketed(dz)),
+        "da = (W2 @ dz) * [a>0]  [%d]  nonzero for the %d live units only"
+        % (len(a), len(da[0])),
+        "gradient norms (an outer product's norm is the product of its factors' norms):",
+        "  |dW2| = |h| |dz| = %.4f   |db2| = |dz| = %.4f" % (norm(h[1]) * norm(dz), norm(dz)),
+        "  |dW1| = |x| |da| = %.4f   |db1| = |da| = %.4f   (nonzero: %d x %d of 784 x %d)"
+        % (norm(x[1]) * norm(da[1]), norm(da[1]), len(indices), len(da[0]), len(a)),
     ]
-    network.update(acts, dz, dh, learning_rate)
+    network.update(acts, dz, da, learning_rate)
     after = network.forward(sample).p
     new_loss = cross_entropy(after, label)
     lines.append("update: every W -= %g * dW, every b -= %g * db" % (learning_rate, learning_rate))
@@ -1097,46 +1112,60 @@ def loss_of(network, sample, label):
     return cross_entropy(network.forward(sample).p, label)
 
 
-def gradient_check(network, sample, label, rng, per_tensor=60, step=1e-5):
-    """{tensor: (largest relative error, entries checked)}: the analytic
-    gradients of `backward` against centred finite differences,
-        dL/dw ~ (L(w + step) - L(w - step)) / (2 step),   error O(step**2).
-    Relative error |a - n| / max(|a|, |n|, 1e-3): below 1e-3 a gradient has no
-    more digits for differences to give, so it is compared absolutely there.
-    Checks `per_tensor` random entries of each tensor (every one of the bias
-    vectors), W1's on inked pixels (the others are exactly 0 on both sides),
-    skipping units within `step` of ReLU's kink, where no derivative exists."""
+def analytic_gradients(network, sample, label, kink):
+    """{tensor name: [(vector, index, gradient)]}: every gradient `backward`
+    gives, entry by entry: dW1[i][j] = x_i da_j, db1 = da, dW2[j][k] = h_j dz_k,
+    db2 = dz. W1's entries are listed for inked pixels only (for a blank one
+    both sides are exactly 0), and units with |a_j| < kink are left out: at
+    ReLU's kink a = 0 the derivative does not exist, and a finite difference
+    that crosses it measures nonsense."""
     indices, pixels = sample
     x = dict(zip(indices, (v / 255.0 for v in pixels)))
     acts = network.forward(sample)
-    dz, dh = network.backward(acts, label)
-    h, dh = dict(zip(*acts.h)), dict(zip(*dh))
-    pre = add(sparse_vecmat((indices, [x[i] for i in indices]), network.w1), network.b1)
-    smooth = [j for j in range(network.n_hidden) if abs(pre[j]) > 10 * step]
-    n = network.n_hidden
-    candidates = {
-        "W1": [(network.w1, i, j, x[i] * dh.get(j, 0.0)) for i in indices for j in smooth],
-        "b1": [(network.b1, None, j, dh.get(j, 0.0)) for j in smooth],
-        "W2": [(network.w2, j, k, h.get(j, 0.0) * dz[k]) for j in range(n) for k in range(N_OUTPUT)],
-        "b2": [(network.b2, None, k, dz[k]) for k in range(N_OUTPUT)],
+    dz, da = network.backward(acts, label)
+    h, da = dict(zip(*acts.h)), dict(zip(*da))
+    a = add(sparse_vecmat((indices, [x[i] for i in indices]), network.w1), network.b1)
+    smooth = [j for j in range(network.n_hidden) if abs(a[j]) > kink]
+    return {
+        "W1": [(network.w1[i], j, x[i] * da.get(j, 0.0)) for i in indices for j in smooth],
+        "b1": [(network.b1, j, da.get(j, 0.0)) for j in smooth],
+        "W2": [(network.w2[j], k, h.get(j, 0.0) * dz[k])
+               for j in range(network.n_hidden) for k in range(N_OUTPUT)],
+        "b2": [(network.b2, k, dz[k]) for k in range(N_OUTPUT)],
     }
+
+
+def numeric_derivative(network, sample, label, vector, index, step):
+    """d(loss)/d(vector[index]) by centred differences,
+        (L(w + step) - L(w - step)) / (2 step),   error O(step**2)."""
+    saved = vector[index]
+    vector[index] = saved + step
+    up = loss_of(network, sample, label)
+    vector[index] = saved - step
+    down = loss_of(network, sample, label)
+    vector[index] = saved
+    return (up - down) / (2 * step)
+
+
+def relative_error(analytic, numeric):
+    """|a - n| / max(|a|, |n|, 1e-3): relative, except that gradients below 1e-3
+    are compared absolutely (differences have no more digits to give there)."""
+    return abs(analytic - numeric) / max(abs(analytic), abs(numeric), 1e-3)
+
+
+def gradient_check(network, sample, label, rng, per_tensor=60, step=1e-5):
+    """{tensor name: (largest relative error, entries checked)} for one image:
+    `per_tensor` random entries of W1 and W2, every entry of b1 and b2."""
     report = {}
-    for name, entries in candidates.items():
+    for name, entries in analytic_gradients(network, sample, label, 10 * step).items():
         if len(entries) > per_tensor and name in ("W1", "W2"):
             entries = rng.sample(entries, per_tensor)
-        worst = 0.0
-        for tensor, i, j, analytic in entries:
-            vector = tensor if i is None else tensor[i]
-            saved = vector[j]
-            vector[j] = saved + step
-            up = loss_of(network, sample, label)
-            vector[j] = saved - step
-            down = loss_of(network, sample, label)
-            vector[j] = saved
-            numeric = (up - down) / (2 * step)
-            worst = max(worst, abs(analytic - numeric) / max(abs(analytic), abs(numeric), 1e-3))
+        worst = max([relative_error(gradient, numeric_derivative(network, sample, label,
+                                                                 vector, index, step))
+                     for vector, index, gradient in entries] or [0.0])
         report[name] = (worst, len(entries))
     return report
+
 
 # =============================================================================
 # 11. Reports: progress bar, tables and digits in the terminal
