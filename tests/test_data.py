@@ -7,7 +7,7 @@ import struct
 import tempfile
 import unittest
 
-from helpers import DATA, mnist, mnist_pure as m
+from helpers import DATA, assert_one_line_error, mnist, mnist_pure as m, run_main
 
 
 def read(path):
@@ -76,12 +76,23 @@ class BrokenFileTests(unittest.TestCase):
             stream.write(gzip.compress(content) if compress else content)
 
     def assert_refused(self, *fragments):
+        """The loader refuses with a MnistError, and the program with exit code
+        1 and one line on stderr, leaving an existing model file untouched."""
         with self.assertRaises(m.MnistError) as caught:
             m.load_pair(self.folder, *m.TEST_FILES, warn=lambda message: None)
         message = str(caught.exception)
         self.assertNotIn("\n", message)
         for fragment in fragments:
             self.assertIn(fragment, message)
+        model = os.path.join(self.folder, "model.safetensors")
+        with open(model, "wb") as stream:
+            stream.write(b"an earlier model")
+        run = run_main("--data-dir", self.folder, "--max-train", "10", "--epochs", "1",
+                       "--quiet", "--save", model)
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, *fragments)
+        self.assertEqual(read(model), b"an earlier model")
+        os.remove(model)
         return message
 
     def test_a_missing_folder_says_where_the_files_are_expected_and_where_to_get_them(self):

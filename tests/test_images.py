@@ -250,6 +250,23 @@ class PredictCommandTests(Folder):
         self.assertEqual(run.code, 1)
         assert_one_line_error(self, run.err, "not found", "--save")
 
+    def test_every_kind_of_broken_image_is_one_line_and_exit_1(self):
+        header = m.struct.pack(">IIBBBBB", 40000, 40000, 8, 0, 0, 0, 0)
+        cases = {"interlaced.png": (pngmaker.encode(2, 2, [[0, 0], [0, 0]], 0, interlace=1),
+                                    "interlaced"),
+                 "depth.png": (pngmaker.encode(2, 1, [[0] * 6], 2, depth=4), "bit depth 4"),
+                 "empty.png": (pngmaker.encode(0, 0, [], 0), "no pixels"),
+                 "huge.png": (b"\x89PNG\r\n\x1a\n" + pngmaker.chunk(b"IHDR", header), "megapixels"),
+                 "cut.png": (pngmaker.encode(3, 3, [[1, 2, 3]] * 3, 0)[:40], "cut short"),
+                 "page.png": (b"<html>404</html>", "not an image"),
+                 "cut.pgm": (b"P5 3 2 255\n\x00", "cut short")}
+        for name, (content, fragment) in cases.items():
+            run = run_main("predict", "--load", self.model, "--no-draw", self.write(name, content))
+            self.assertEqual(run.code, 1, name)
+            assert_one_line_error(self, run.err, name, fragment)
+        run = run_main("predict", "--load", self.model, self.folder)
+        assert_one_line_error(self, run.err, "is a folder")
+
     def test_predict_needs_an_image(self):
         run = run_main("predict")
         self.assertEqual(run.code, 2)

@@ -219,6 +219,20 @@ class StrictLoaderTests(unittest.TestCase):
     def test_an_empty_file(self):
         self.assert_refused(b"", "only 0 bytes")
 
+    def test_the_command_line_refuses_a_damaged_model_in_one_line(self):
+        cases = [(self.good[:100], "does not fit"), (self.good + b"junk", "after the last tensor"),
+                 (b"", "only 0 bytes")]
+        for content, fragment in cases:
+            with open(self.path, "wb") as stream:
+                stream.write(content)
+            for option in ("--load", "--resume"):
+                run = run_main(option, self.path, "--max-test", "10", "--quiet")
+                self.assertEqual(run.code, 1, option)
+                assert_one_line_error(self, run.err, self.path, fragment)
+            run = run_main("predict", "--load", self.path, "digit.png")
+            self.assertEqual(run.code, 1)
+            assert_one_line_error(self, run.err, self.path, fragment)
+
     def test_a_folder_given_as_the_model(self):
         with self.assertRaises(m.MnistError) as caught:
             m.load_model(self.folder)
