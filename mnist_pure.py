@@ -1665,11 +1665,9 @@ def new_file_mode(path):
     return 0o666 & ~umask
 
 
-def write_atomically(path, content):
-    """Write a file so that it is either all there or not changed at all: write
-    a temporary file in the same folder, flush it to disk, then rename it over
-    the target (os.replace is atomic). A crash, a full disk or Ctrl-C leaves
-    the old file as it was and no temporary file behind."""
+def check_destination(path):
+    """The folder a file can be written into at path; MnistError if there is
+    none (checked before training too, so that no work is lost at the end)."""
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
         raise MnistError("cannot write %s: folder %s does not exist" % (path, folder))
@@ -1677,6 +1675,15 @@ def write_atomically(path, content):
         raise MnistError("cannot write %s: it is a folder" % path)
     if os.path.exists(path) and not os.path.isfile(path):
         raise MnistError("cannot write %s: it is not a regular file" % path)
+    return folder
+
+
+def write_atomically(path, content):
+    """Write a file so that it is either all there or not changed at all: write
+    a temporary file in the same folder, flush it to disk, then rename it over
+    the target (os.replace is atomic). A crash, a full disk or Ctrl-C leaves
+    the old file as it was and no temporary file behind."""
+    folder = check_destination(path)
     temporary = None
     try:
         handle, temporary = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
@@ -2680,6 +2687,10 @@ def report_results(settings, console, engine, test, state):
 
 def run_training(settings, given, console):
     """Train (or resume), test, report. Returns the exit code."""
+    for path in (settings.save, settings.checkpoint, settings.plot, settings.plot_digits,
+                 settings.plot_weights):
+        if path:
+            check_destination(path)
     network, state = starting_point(settings, given, console)
     train, held_out, test = load_data(settings, console)
     if state.position > len(train):

@@ -297,7 +297,7 @@ class AtomicWriteTests(unittest.TestCase):
         os.umask(umask)
         self.assertEqual(os.stat(new).st_mode & 0o777, 0o666 & ~umask)
 
-    def test_the_command_line_reports_a_failed_save_in_one_line_and_keeps_the_old_model(self):
+    def test_an_unwritable_save_path_is_refused_before_training_in_one_line(self):
         for target, fragment in ((os.path.join(self.folder, "missing", "m.st"), "does not exist"),
                                  ("/dev/full", "not a regular file"),
                                  (self.folder, "it is a folder")):
@@ -305,6 +305,7 @@ class AtomicWriteTests(unittest.TestCase):
                            "--show", "0", "--save", target)
             self.assertEqual(run.code, 1)
             assert_one_line_error(self, run.err, fragment)
+            self.assertEqual(run.out, "")          # refused before any training
         self.old_model_is_intact()
 
 
