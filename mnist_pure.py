@@ -2234,7 +2234,11 @@ class Console:
                             if interactive is None else interactive)
 
     def say(self, text=""):
-        self.out.write(text + "\n")
+        try:
+            self.out.write(text + "\n")
+        except UnicodeEncodeError:      # a console that cannot show the digits' blocks
+            encoding = getattr(self.out, "encoding", None) or "ascii"
+            self.out.write((text + "\n").encode(encoding, "replace").decode(encoding))
         self.out.flush()
 
     def note(self, text):
@@ -2651,6 +2655,13 @@ def run_summary(settings, evaluation, state, train_seconds, test_seconds):
                          "seconds": round(s.seconds, 3)} for s in state.history]}
 
 
+def training_summary(history, seconds):
+    seen = sum(s.seen for s in history)
+    return "trained in %.1f s: %s images seen (%s/s), %s updates, %s mastered images skipped" % (
+        seconds, format(seen, ","), format(int(seen / max(seconds, 1e-9)), ","),
+        format(sum(s.updated for s in history), ","), format(sum(s.skipped for s in history), ","))
+
+
 def report_results(settings, console, engine, test, state):
     """Test the trained network and print (and save, and draw) the results."""
     started = time.perf_counter()
@@ -2661,13 +2672,9 @@ def report_results(settings, console, engine, test, state):
         bar.finish()
     history = state.history
     train_seconds = sum(s.seconds for s in history)
-    seen = sum(s.seen for s in history)
     if history:
         console.say()
-        console.say("trained in %.1f s: %s images seen (%s/s), %s updates, %s mastered images skipped"
-                    % (train_seconds, format(seen, ","), format(int(seen / max(train_seconds, 1e-9)), ","),
-                       format(sum(s.updated for s in history), ","),
-                       format(sum(s.skipped for s in history), ",")))
+        console.say(training_summary(history, train_seconds))
     if state.best_network is not None:
         console.say("early stopping: kept epoch %d (validation accuracy %.2f%%)%s"
                     % (state.best_epoch, 100 * state.best_accuracy,

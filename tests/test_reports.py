@@ -155,6 +155,12 @@ class DigitDrawingTests(unittest.TestCase):
         self.assertNotIn("\033", text)
         self.assertIn("\033[31m", m.format_digit_grid(items, colour=True))
 
+    def test_a_console_that_cannot_show_blocks_gets_question_marks_not_a_crash(self):
+        raw = io.BytesIO()
+        stream = io.TextIOWrapper(raw, encoding="ascii")
+        m.Console(out=stream, err=stream).say("digit: █▀▄")
+        self.assertEqual(raw.getvalue(), b"digit: ???\n")
+
     def test_five_columns_fit_in_eighty_characters(self):
         _, test = mnist()
         items = [(test.image(k), 1, 1, 1.0) for k in range(25)]
