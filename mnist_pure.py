@@ -339,10 +339,14 @@ TEST_FILES = ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz")
 # SHA-256 of the *decompressed* published files: a different file is only warned
 # about, since Fashion-MNIST and others use the same names and format.
 MNIST_SHA256 = {
-    "train-images-idx3-ubyte.gz": "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
-    "train-labels-idx1-ubyte.gz": "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
-    "t10k-images-idx3-ubyte.gz": "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
-    "t10k-labels-idx1-ubyte.gz": "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
+    "train-images-idx3-ubyte.gz":
+        "ba891046e6505d7aadcbbe25680a0738ad16aec93bde7f9b65e87a2fc25776db",
+    "train-labels-idx1-ubyte.gz":
+        "65a50cbbf4e906d70832878ad85ccda5333a97f0f4c3dd2ef09a8a9eef7101c5",
+    "t10k-images-idx3-ubyte.gz":
+        "0fa7898d509279e482958e8ce81c8e77db3f2f8254e26661ceb7762c4d494ce7",
+    "t10k-labels-idx1-ubyte.gz":
+        "ff7bcfd416de33731a308c3f266cc351222c34898ecbeaf847f06e48f7ec33f2",
 }
 MNIST_URL = "https://yann.lecun.com/exdb/mnist/"
 MAX_IDX_BYTES = 1 << 30      # refuse headers that promise more than 1 GiB of pixels
@@ -693,7 +697,8 @@ class PackedNetwork:
     def __init__(self, network):
         self.n_hidden = network.n_hidden
         self.rows = [pack_lanes([round(w * SCALE) + OFFSET for w in row]) for row in network.w1]
-        self.b1, self.w2, self.b2 = list(network.b1), [list(r) for r in network.w2], list(network.b2)
+        self.b1, self.b2 = list(network.b1), list(network.b2)
+        self.w2 = [list(row) for row in network.w2]
         self.all_half = pack_lanes([HALF_LANE] * self.n_hidden)
         self.weight_bound = self.max_abs_w1()      # proven: max |W1| <= weight_bound
 
@@ -968,8 +973,9 @@ class TrainingState:
     position: int = 0               # images done in the current epoch
     running: EpochStats = None      # the current epoch's figures so far
     history: list = dataclasses.field(default_factory=list)
-    best_epoch: int = 0             # early stopping: the epoch with the best
-    best_accuracy: float = -1.0     #   validation accuracy, and its weights
+    # early stopping: the epoch with the best validation accuracy, and its weights
+    best_epoch: int = 0
+    best_accuracy: float = -1.0
     best_network: Network = None
     stopped_early: bool = False
 
@@ -1393,13 +1399,18 @@ def svg_axes(plot, ylabel):
              % (plot.left, plot.top, plot.width, plot.height)]
     for value in plot.x_ticks:
         x = plot.x(value)
-        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>' % (x, bottom, x, bottom + 5))
-        parts.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>' % (x, bottom + 18, tick_label(value)))
+        parts.append('<line x1="%.1f" y1="%d" x2="%.1f" y2="%d" stroke="black"/>'
+                     % (x, bottom, x, bottom + 5))
+        parts.append('<text x="%.1f" y="%d" text-anchor="middle">%s</text>'
+                     % (x, bottom + 18, tick_label(value)))
     for value in plot.y_ticks:
         y = plot.y(value)
-        parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>' % (plot.left, y, right, y))
-        parts.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>' % (plot.left - 6, y + 4, tick_label(value)))
-    parts.append('<text x="%d" y="%d" text-anchor="middle">epoch</text>' % (plot.left + plot.width // 2, bottom + 38))
+        parts.append('<line x1="%d" y1="%.1f" x2="%d" y2="%.1f" stroke="#ddd"/>'
+                     % (plot.left, y, right, y))
+        parts.append('<text x="%d" y="%.1f" text-anchor="end">%s</text>'
+                     % (plot.left - 6, y + 4, tick_label(value)))
+    parts.append('<text x="%d" y="%d" text-anchor="middle">epoch</text>'
+                 % (plot.left + plot.width // 2, bottom + 38))
     parts.append('<text x="%d" y="%d" text-anchor="middle" transform="rotate(-90 %d %d)">%s</text>'
                  % (plot.left - 48, plot.top + plot.height // 2, plot.left - 48,
                     plot.top + plot.height // 2, ylabel))
@@ -1414,7 +1425,8 @@ def svg_curves(history, title="mnist_pure training"):
     parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="900" height="380" '
              'font-family="sans-serif" font-size="12">',
              '<rect width="900" height="380" fill="white"/>',
-             '<text x="450" y="22" text-anchor="middle" font-size="15">%s</text>' % xml_escape(title)]
+             '<text x="450" y="22" text-anchor="middle" font-size="15">%s</text>'
+             % xml_escape(title)]
     for number, (ylabel, names) in enumerate(panels):
         points = [pt for name in names for pt in curves[name]]
         plot = Plot(70 + 450 * number, 50, 340, 250, [p[0] for p in points], [p[1] for p in points])
@@ -1616,7 +1628,8 @@ def network_tensors(network, prefix=""):
     w1_rows = [network.w1[i] for i in range(N_INPUT)]
     return [(prefix + "fc1.weight", (n, N_INPUT), [row[j] for j in range(n) for row in w1_rows]),
             (prefix + "fc1.bias", (n,), list(network.b1)),
-            (prefix + "fc2.weight", (N_OUTPUT, n), [row[k] for k in range(N_OUTPUT) for row in network.w2]),
+            (prefix + "fc2.weight", (N_OUTPUT, n),
+             [row[k] for k in range(N_OUTPUT) for row in network.w2]),
             (prefix + "fc2.bias", (N_OUTPUT,), list(network.b2))]
 
 
@@ -1777,9 +1790,11 @@ def parse_safetensors(path, content):
     for name, entry in sorted(header.items(), key=lambda item: tensor_start(item[1])):
         shape, typecode, begin, end = check_tensor_entry(name, entry, fail)
         if begin != expected_start:
-            fail("tensor %s starts at byte %d, expected %d (gap or overlap)" % (name, begin, expected_start))
+            fail("tensor %s starts at byte %d, expected %d (gap or overlap)"
+                 % (name, begin, expected_start))
         if end > len(data):
-            fail("tensor %s ends at byte %d, past the end of the data (%d)" % (name, end, len(data)))
+            fail("tensor %s ends at byte %d, past the end of the data (%d)"
+                 % (name, end, len(data)))
         values = array.array(typecode, data[begin:end])
         if sys.byteorder == "big":
             values.byteswap()
@@ -1924,16 +1939,17 @@ def png_chunks(path, content):
     """[(type, data)] of a PNG file, every CRC checked."""
     chunks, at = [], len(PNG_SIGNATURE)
     while at < len(content):
+        where = "in a %r chunk" % content[at + 4:at + 8].decode("latin-1")
         if at + 8 > len(content):
             raise MnistError("%s: PNG file is cut short" % path)
         length, kind = struct.unpack(">I4s", content[at:at + 8])
         end = at + 8 + length
         if end + 4 > len(content):
-            raise MnistError("%s: PNG file is cut short (in a %r chunk)" % (path, kind.decode("latin-1")))
+            raise MnistError("%s: PNG file is cut short (%s)" % (path, where))
         data = content[at + 8:end]
         (crc,) = struct.unpack(">I", content[end:end + 4])
         if zlib.crc32(kind + data) & 0xFFFFFFFF != crc:
-            raise MnistError("%s: damaged PNG (bad checksum in a %r chunk)" % (path, kind.decode("latin-1")))
+            raise MnistError("%s: damaged PNG (bad checksum %s)" % (path, where))
         chunks.append((kind, data))
         at = end + 4
         if kind == b"IEND":
@@ -1994,7 +2010,8 @@ def png_luminance(path, samples, colour, depth, palette, alpha_table):
             if colour == 3:
                 index = row[n]
                 if 3 * index + 3 > len(palette):
-                    raise MnistError("%s: damaged PNG (colour %d is not in the palette)" % (path, index))
+                    raise MnistError("%s: damaged PNG (colour %d is not in the palette)"
+                                     % (path, index))
                 r, g, b = palette[3 * index:3 * index + 3]
                 alpha = alpha_table[index] if index < len(alpha_table) else 255
             elif colour in (0, 4):
@@ -2013,9 +2030,11 @@ def read_png(path, content):
     chunks = png_chunks(path, content)
     if not chunks or chunks[0][0] != b"IHDR" or len(chunks[0][1]) != 13:
         raise MnistError("%s: PNG without a valid IHDR header" % path)
-    width, height, depth, colour, compression, filtering, interlace = struct.unpack(">IIBBBBB", chunks[0][1])
+    width, height, depth, colour, compression, filtering, interlace = struct.unpack(
+        ">IIBBBBB", chunks[0][1])
     if colour not in PNG_CHANNELS or depth not in PNG_DEPTHS[colour] or compression or filtering:
-        raise MnistError("%s: unsupported PNG (colour type %d, bit depth %d)" % (path, colour, depth))
+        raise MnistError("%s: unsupported PNG (colour type %d, bit depth %d)"
+                         % (path, colour, depth))
     if interlace:
         raise MnistError("%s: interlaced PNG is not supported; save it without interlacing" % path)
     check_image_size(path, width, height)
@@ -2065,8 +2084,10 @@ def read_netpbm(path, content):
     elif kind == b"4":
         stride = (width + 7) // 8
         body = content[at + 1:at + 1 + stride * height]
-        values = [(body[r * stride + c // 8] >> (7 - c % 8)) & 1
-                  for r in range(height) for c in range(width)] if len(body) == stride * height else []
+        values = []
+        if len(body) == stride * height:
+            values = [(body[r * stride + c // 8] >> (7 - c % 8)) & 1
+                      for r in range(height) for c in range(width)]
     else:
         size = 2 if top > 255 else 1
         body = content[at + 1:at + 1 + count * size]
@@ -2150,7 +2171,8 @@ def resample(image, width, height, new_width, new_height):
             table.append(parts)
         return table
     across, down = weights(width, new_width), weights(height, new_height)
-    rows = [[sum(image[r * width + k] * s for k, s in parts) for parts in across] for r in range(height)]
+    rows = [[sum(image[r * width + k] * s for k, s in parts) for parts in across]
+            for r in range(height)]
     return [[sum(rows[k][c] * s for k, s in parts) for c in range(new_width)] for parts in down]
 
 
@@ -2348,7 +2370,8 @@ def build_parser():
     recipe.add_argument("--epochs", type=whole_number(1), metavar="N",
                         help="passes over the training images (default %d)" % DEFAULT_EPOCHS)
     recipe.add_argument("--lr", type=positive_number, metavar="RATE",
-                        help="starting learning rate (default: 0.05 up to 5,000 images, less beyond)")
+                        help="starting learning rate (default: 0.05 up to 5,000 images, "
+                             "less beyond)")
     recipe.add_argument("--lr-decay", type=decay_factor, metavar="F",
                         help="multiply the rate by F ... (default %g)" % DEFAULT_LR_DECAY)
     recipe.add_argument("--decay-every", type=whole_number(1), metavar="N",
@@ -2377,7 +2400,8 @@ def build_parser():
                        help="save the trained model (default path: model.safetensors)")
     files.add_argument("--load", nargs="?", const=DEFAULT_MODEL, metavar="PATH",
                        help="test a saved model instead of training one")
-    files.add_argument("--resume", metavar="PATH", help="continue training a saved model or checkpoint")
+    files.add_argument("--resume", metavar="PATH",
+                       help="continue training a saved model or checkpoint")
     files.add_argument("--checkpoint", metavar="PATH", help="save a checkpoint after every epoch "
                        "(Ctrl-C saves one too; default checkpoint.safetensors)")
     output = parser.add_argument_group("output")
@@ -2396,7 +2420,8 @@ def build_parser():
     output.add_argument("--plot-weights", metavar="PATH",
                         help="the 128 hidden units' weights as 28x28 tiles, .png")
     look = parser.add_argument_group("looking inside")
-    look.add_argument("--trace", action="store_true", help="train on one image and explain each step")
+    look.add_argument("--trace", action="store_true",
+                      help="train on one image and explain each step")
     look.add_argument("--gradcheck", action="store_true",
                       help="check every gradient against finite differences")
     return parser
@@ -2429,7 +2454,8 @@ def check_usage(parser, args, settings):
         parser.error("--load only tests a model; to train it further, use --resume %s" % args.load)
     if settings.plot and not settings.plot.lower().endswith((".svg", ".png")):
         parser.error("--plot: the file name must end in .svg or .png, not %r" % settings.plot)
-    for option, path in (("--plot-digits", settings.plot_digits), ("--plot-weights", settings.plot_weights)):
+    for option, path in (("--plot-digits", settings.plot_digits),
+                         ("--plot-weights", settings.plot_weights)):
         if path and not path.lower().endswith(".png"):
             parser.error("%s: the file name must end in .png, not %r" % (option, path))
 
@@ -2520,8 +2546,8 @@ def starting_point(settings, given, console):
             console.note("note: resuming with %s = %s instead of the saved %s"
                          % (field, getattr(settings, field), value))
     if network.n_hidden != settings.n_hidden:
-        raise MnistError("%s has %d hidden units, not %d" % (settings.resume, network.n_hidden,
-                                                              settings.n_hidden))
+        raise MnistError("%s has %d hidden units, not %d"
+                         % (settings.resume, network.n_hidden, settings.n_hidden))
     return network, state
 
 
@@ -2540,10 +2566,9 @@ def describe_run(settings, n_train, n_test, state):
     decay = ("x%g every %d epochs" % (settings.lr_decay, settings.decay_every)
              if settings.lr_decay != 1 else "constant")
     mastery = ("mastery at p >= %g" % settings.mastery) if settings.mastery else "no mastery"
+    held_out = " (+%s held out)" % format(settings.validation, ",") if settings.validation else ""
     lines = ["mnist_pure: a 784-%d-10 network, %s training images%s, %s test images" % (
-                 settings.n_hidden, format(n_train, ","),
-                 " (+%s held out)" % format(settings.validation, ",") if settings.validation else "",
-                 format(n_test, ",")),
+                 settings.n_hidden, format(n_train, ","), held_out, format(n_test, ",")),
              "%d epoch%s, learning rate %g (%s), %s%s, seed %d, %s engine on %s" % (
                  settings.epochs, "s" if settings.epochs != 1 else "", settings.learning_rate,
                  decay, mastery,
@@ -2584,8 +2609,8 @@ def save_interrupted(settings, engine, state, n_train, console):
     """Ctrl-C: save where training is, say how to go on, exit 130."""
     path = settings.checkpoint or DEFAULT_CHECKPOINT
     save_run(path, engine, settings, state)
-    where = ("in epoch %d at image %s of %s" % (state.epoch + 1, format(state.position, ","),
-                                                 format(n_train, ","))
+    where = ("in epoch %d at image %s of %s"
+             % (state.epoch + 1, format(state.position, ","), format(n_train, ","))
              if state.epoch < settings.epochs else "after training, while testing")
     console.note("interrupted %s; saved a checkpoint to %s. To go on: %s"
                  % (where, path, resume_command(settings, path)))
@@ -2597,8 +2622,8 @@ def testing_bar(settings, console):
 
 
 def accuracy_line(evaluation):
-    return "test accuracy: %.2f%% (%d/%d)" % (100 * evaluation.accuracy, evaluation.correct,
-                                             evaluation.total)
+    return "test accuracy: %.2f%% (%d/%d)" % (
+        100 * evaluation.accuracy, evaluation.correct, evaluation.total)
 
 
 def report_pictures(settings, console, evaluation, test, engine, history):
@@ -2611,7 +2636,8 @@ def report_pictures(settings, console, evaluation, test, engine, history):
                  evaluation.confidences[k]) for k in indices]
     if settings.show:
         console.say()
-        console.say("the first %d test digits and the network's guesses:" % min(settings.show, len(test)))
+        console.say("the first %d test digits and the network's guesses:"
+                    % min(settings.show, len(test)))
         console.say(format_digit_grid(items(range(min(settings.show, len(test)))),
                                       colour=console.colour()))
     if settings.show_mistakes:
@@ -2688,7 +2714,8 @@ def report_results(settings, console, engine, test, state):
     console.say()
     console.say(accuracy_line(evaluation))
     if settings.json:
-        console.say(json.dumps(run_summary(settings, evaluation, state, train_seconds, test_seconds)))
+        console.say(json.dumps(run_summary(settings, evaluation, state, train_seconds,
+                                           test_seconds)))
     return 0
 
 
@@ -2776,7 +2803,8 @@ def run_gradcheck(settings, console):
     console.say("gradient check: backward() against centred finite differences "
                 "on test images %s" % ", ".join(map(str, samples)))
     for k in samples:
-        for name, (error, count) in gradient_check(network, test.sample(k), test.labels[k], rng).items():
+        report = gradient_check(network, test.sample(k), test.labels[k], rng)
+        for name, (error, count) in report.items():
             old = worst.get(name, (0.0, 0))
             worst[name] = (max(old[0], error), old[1] + count)
     for name, (error, count) in worst.items():

@@ -55,7 +55,9 @@ class EndToEndTests(TemporaryFolder):
         first = json.loads(run_main(*QUICK, "--json", "--seed", "7").last_line)
         second = json.loads(run_main(*QUICK, "--json", "--seed", "7").last_line)
         other = json.loads(run_main(*QUICK, "--json", "--seed", "8").last_line)
-        strip = lambda s: [{k: v for k, v in h.items() if k != "seconds"} for h in s["history"]]
+
+        def strip(summary):
+            return [{k: v for k, v in h.items() if k != "seconds"} for h in summary["history"]]
         self.assertEqual(strip(first), strip(second))
         self.assertEqual(first["correct"], second["correct"])
         self.assertNotEqual(strip(first), strip(other))
