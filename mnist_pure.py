@@ -2200,7 +2200,9 @@ def prepare_digit(width, height, luminance):
          and the background's own level is subtracted;
       2. crop to the ink's bounding box;
       3. scale so the longer side is 20 pixels, keeping the aspect ratio
-         (each new pixel averages the area it covers: grey edges, as in MNIST);
+         (each new pixel averages the area it covers: grey edges, as in MNIST),
+         then stretch the levels so the darkest ink is 255 again (a thin pen
+         on a big page would otherwise fade to grey);
       4. place it in 28x28 with its centre of mass at the centre."""
     ink = to_ink(width, height, luminance)
     box = ink_box(width, height, ink)
@@ -2212,6 +2214,8 @@ def prepare_digit(width, height, luminance):
     scale = 20.0 / max(w, h)
     new_w, new_h = max(1, int(round(w * scale))), max(1, int(round(h * scale)))
     scaled = resample(crop, w, h, new_w, new_h)
+    peak = max(max(row) for row in scaled) or 1.0
+    scaled = [[v * 255.0 / peak for v in row] for row in scaled]
     return centre_by_mass(scaled, new_w, new_h)
 
 
