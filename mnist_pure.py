@@ -1861,6 +1861,29 @@ def epoch_stats_from(fields):
     return stats
 
 
+# The values a saved recipe may hold (the same as the command line accepts).
+RECIPE_RANGES = {"max_train": (1, None), "epochs": (1, None), "learning_rate": (0.0, 1e6),
+                 "lr_decay": (1e-12, 1.0), "decay_every": (1, None), "mastery": (0.0, 1.0),
+                 "seed": (0, None), "n_hidden": (1, 1 << 16), "validation": (0, None),
+                 "patience": (0, None)}
+
+
+def checked_recipe(recipe):
+    """recipe, if every value has the right type and range; else ValueError."""
+    for field, value in recipe.items():
+        kind = type(getattr(Settings, field))
+        if kind is bool:
+            good = isinstance(value, bool)
+        else:
+            low, high = RECIPE_RANGES[field]
+            good = (isinstance(value, (int, float) if kind is float else int)
+                    and not isinstance(value, bool) and value == value
+                    and low <= value and (high is None or value <= high))
+        if not good:
+            raise ValueError("%s = %r" % (field, value))
+    return recipe
+
+
 def save_run(path, engine, settings, state, test_accuracy=None):
     """Save weights, recipe and training state to path (atomically)."""
     network = engine.to_network()
@@ -1889,17 +1912,15 @@ def run_from_tensors(path, tensors, metadata):
         return network, metadata, None, None
     try:
         saved = json.loads(metadata["training_state"])
-        recipe = {f: saved["recipe"][f] for f in RECIPE_FIELDS}
-        for field in RECIPE_FIELDS:
-            kind = type(getattr(Settings, field))
-            if not isinstance(recipe[field], (int, float) if kind is float else kind):
-                raise TypeError(field)
+        recipe = checked_recipe({f: saved["recipe"][f] for f in RECIPE_FIELDS})
         state = TrainingState(
             epoch=int(saved["epoch"]), position=int(saved["position"]),
             running=epoch_stats_from(saved["running"]) if saved["running"] else None,
             history=[epoch_stats_from(s) for s in saved["history"]],
             best_epoch=int(saved["best_epoch"]), best_accuracy=float(saved["best_accuracy"]),
             stopped_early=bool(saved["stopped_early"]))
+        if state.epoch < 0 or state.position < 0:
+            raise ValueError("negative epoch or position")
     except (ValueError, KeyError, TypeError, AttributeError) as e:
         raise MnistError("%s: damaged training state in the metadata (%s)" % (path, describe(e)))
     if "best.fc1.weight" in tensors:

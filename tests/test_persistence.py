@@ -243,6 +243,21 @@ class StrictLoaderTests(unittest.TestCase):
         header["__metadata__"]["training_state"] = '{"epoch": "three"}'
         self.assert_refused(file_with(header, self.data), "damaged training state")
 
+    def test_a_training_state_with_impossible_settings(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        path = os.path.join(folder, "ok.safetensors")
+        m.save_run(path, m.Network.random(random.Random(1), 3), m.Settings(), m.TrainingState())
+        with open(path, "rb") as stream:
+            header, data, _ = header_and_data(stream.read())
+        for field, bad in (("decay_every", 0), ("epochs", -1), ("learning_rate", float("nan")),
+                           ("augment", "yes"), ("mastery", 2.0), ("n_hidden", True)):
+            state = json.loads(header["__metadata__"]["training_state"])
+            state["recipe"][field] = bad
+            changed = json.loads(json.dumps(header))
+            changed["__metadata__"]["training_state"] = json.dumps(state)
+            self.assert_refused(file_with(changed, data), "damaged training state", field)
+
 
 class AtomicWriteTests(unittest.TestCase):
     def setUp(self):
