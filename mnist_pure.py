@@ -2524,8 +2524,9 @@ def ask_settings(settings, console):
                              settings.max_train, whole_number(1))
     settings.epochs = ask(console, "How many epochs?", settings.epochs, whole_number(1))
     exists = os.path.exists(DEFAULT_MODEL)
-    if ask(console, "Save the model as %s%s? (y/n)" % (
-            os.path.basename(DEFAULT_MODEL), ", replacing the saved one" if exists else ""),
+    if os.access(HERE, os.W_OK) and ask(
+            console, "Save the model as %s%s? (y/n)" % (
+                os.path.basename(DEFAULT_MODEL), ", replacing the saved one" if exists else ""),
             "n" if exists else "y", yes_or_no):
         settings.save = DEFAULT_MODEL
     return settings
