@@ -40,6 +40,15 @@ W1 is stored the way x @ W1 reads it, one row of 128 weights per pixel.
 (PyTorch's nn.Linear stores the transpose, [out, in]; the model files use
 PyTorch's layout, see section 13.)
 
+Words: a *weight* W[i][j] scales what input i sends to unit j. A *gradient*
+says how the loss changes when a weight changes; *backpropagation* works the
+gradients out with the chain rule, from the loss back to the first layer.
+*SGD* (stochastic gradient descent) moves every weight a small step against
+its gradient after each image; the *learning rate* is the size of that step.
+An *epoch* is one pass over the training images. onehot(y) is the vector of
+ten zeros with a 1 at position y. A *sample* is one image as the network
+reads it: the indices of its inked pixels and their values.
+
 Two ideas make it fast, in every engine
 ---------------------------------------
   - Sparse input: 81% of MNIST's pixels are blank, and a blank pixel adds
@@ -121,30 +130,31 @@ def one_line(text):
 
 @dataclasses.dataclass
 class Settings:
-    """Everything one run needs, filled from the command line and passed down."""
+    """Everything one run needs, filled from the command line and passed down
+    as one object. The first group is the training recipe."""
     max_train: int = DEFAULT_MAX_TRAIN
     max_test: int = DEFAULT_MAX_TEST
     epochs: int = DEFAULT_EPOCHS
     learning_rate: float = 0.0        # 0: chosen from the training-set size
     lr_decay: float = DEFAULT_LR_DECAY
     decay_every: int = DEFAULT_DECAY_EVERY
-    mastery: float = DEFAULT_MASTERY  # 0: mastery off, every sample is learned
+    mastery: float = DEFAULT_MASTERY  # 0: mastery off, every image is learned
     seed: int = DEFAULT_SEED
-    augment: bool = False
+    augment: bool = False             # random shifts of up to 2 pixels
     n_hidden: int = N_HIDDEN
-    engine: str = "auto"
+    engine: str = "auto"              # "lists" (section 6), "packed" (7) or "auto"
     validation: int = 0               # images held out of training for early stopping
     patience: int = 0                 # stop after this many epochs without progress
-    # Where things come from and go (the command line's other options).
+    # Where things come from and go: the command line's other options.
     data_dir: str = os.path.join(HERE, "data")
-    test_each_epoch: bool = False
-    save: str = ""
+    test_each_epoch: bool = False     # score the test set after every epoch too
+    save: str = ""                    # paths: "" for none
     load: str = ""
     resume: str = ""
     checkpoint: str = ""
     json: bool = False
-    quiet: bool = False
-    show: int = 25
+    quiet: bool = False               # no progress bars
+    show: int = 25                    # test digits drawn after training
     show_mistakes: int = 0
     plot: str = ""
     plot_digits: str = ""
