@@ -890,10 +890,10 @@ def accuracy(engine, data, progress=None):
 def default_learning_rate(n_train):
     """0.05 for up to 5,000 images, then falling as 1/sqrt(n) to 0.0144 at
     60,000 (README, "Accuracy", has the measurements). A small set gets few
-    steps per epoch, and a hot rate learns it fastest (on 1,000 images 0.05
-    beats 0.01 by ~1.5 points). 60,000 steps of 0.05 per epoch drive hidden
-    units to where their ReLU is 0 for every image ("dead": they never learn
-    again) and accuracy suffers, while 0.01-0.02 trains smoothly."""
+    steps per epoch, and a hot rate learns it fastest: on 1,000 images 0.05
+    beats 0.02 by ~0.9 points and 0.1 by ~3. A big set gets many, and each
+    step also undoes a little of what earlier images taught: on all 60,000,
+    0.05 ends 10 epochs at ~96.4% where 0.0144 reaches ~98.2%."""
     return min(0.05, 0.05 * math.sqrt(5000.0 / max(n_train, 1)))
 
 

@@ -271,7 +271,7 @@ class ProcessTests(TemporaryFolder):
 
     def test_ctrl_c_during_training_saves_a_checkpoint_and_exits_130(self):
         checkpoint = self.path("ck.safetensors")
-        process = subprocess.Popen([sys.executable, SCRIPT, "--max-train", "20000", "--epochs", "2",
+        process = subprocess.Popen([sys.executable, SCRIPT, "--max-train", "60000", "--epochs", "3",
                                     "--checkpoint", checkpoint, "--quiet"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    universal_newlines=True, cwd=self.folder)
@@ -283,11 +283,13 @@ class ProcessTests(TemporaryFolder):
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
         self.assertEqual(process.returncode, 130, err)
-        assert_one_line_error(self, err, "interrupted in epoch 1 at image", checkpoint,
+        assert_one_line_error(self, err, "interrupted in epoch", "of 60,000", checkpoint,
                               "--resume " + checkpoint)
         _, _, recipe, state = m.load_run(checkpoint)
-        self.assertEqual((state.epoch, recipe["max_train"]), (0, 20000))
-        self.assertGreater(state.position, 0)
+        self.assertEqual((recipe["max_train"], recipe["epochs"]), (60000, 3))
+        where = re.search(r"in epoch (\d+) at image ([\d,]+)", err)
+        self.assertEqual((state.epoch + 1, state.position),
+                         (int(where.group(1)), int(where.group(2).replace(",", ""))))
         self.assertEqual([f for f in os.listdir(self.folder) if f.endswith(".tmp")], [])
 
     def test_a_closed_pipe_ends_quietly(self):
