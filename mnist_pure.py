@@ -1243,10 +1243,10 @@ class ProgressBar:
         filled = int(fraction * self.WIDTH)
         bar = "#" * filled + " " * (self.WIDTH - filled)
         rate = done / elapsed if elapsed > 0 else 0.0
-        remaining = (total - done) / rate if rate > 0 else 0.0
+        remaining = format_duration((total - done) / rate) if rate > 0 else "?"
         return "%s %3d%%|%s| %s/%s [%s<%s, %s/s]" % (
             self.label, int(100 * fraction), bar, format(done, ","), format(total, ","),
-            format_duration(elapsed), format_duration(remaining), format(int(rate), ","))
+            format_duration(elapsed), remaining, format(int(rate), ",") if rate > 0 else "?")
 
     def restart(self, label):
         """Start timing afresh, under a new label (the next epoch)."""
@@ -1347,6 +1347,7 @@ def most_confident_mistakes(evaluation, n):
 # 12. Pictures: SVG curves and PNG images, written by hand
 # =============================================================================
 
+LEGEND_TOP = 356          # the curves' legends go below the panels, never over a curve
 CURVE_COLOURS = {"loss": "#d62728", "train accuracy": "#1f77b4",
                  "validation accuracy": "#9467bd", "test accuracy": "#2ca02c"}
 
@@ -1432,9 +1433,9 @@ def svg_curves(history, title="mnist_pure training"):
     axes, ticks, labels and a legend. One <polyline> per curve."""
     curves = training_curves(history)
     panels = [("loss", ["loss"]), ("accuracy (%)", [n for n in curves if n != "loss"])]
-    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="900" height="380" '
+    parts = ['<svg xmlns="http://www.w3.org/2000/svg" width="900" height="420" '
              'font-family="sans-serif" font-size="12">',
-             '<rect width="900" height="380" fill="white"/>',
+             '<rect width="900" height="420" fill="white"/>',
              '<text x="450" y="22" text-anchor="middle" font-size="15">%s</text>'
              % xml_escape(title)]
     for number, (ylabel, names) in enumerate(panels):
@@ -1445,10 +1446,10 @@ def svg_curves(history, title="mnist_pure training"):
             xy = " ".join("%.1f,%.1f" % (plot.x(e), plot.y(v)) for e, v in curves[name])
             parts.append('<polyline fill="none" stroke="%s" stroke-width="2" points="%s">'
                          '<title>%s</title></polyline>' % (CURVE_COLOURS[name], xy, name))
-            ly = 60 + 16 * row
+            ly = LEGEND_TOP + 16 * row             # the legend, below the panel
             parts.append('<line x1="%d" y1="%d" x2="%d" y2="%d" stroke="%s" stroke-width="2"/>'
-                         % (plot.left + 200, ly, plot.left + 220, ly, CURVE_COLOURS[name]))
-            parts.append('<text x="%d" y="%d">%s</text>' % (plot.left + 225, ly + 4, name))
+                         % (plot.left, ly, plot.left + 20, ly, CURVE_COLOURS[name]))
+            parts.append('<text x="%d" y="%d">%s</text>' % (plot.left + 25, ly + 4, name))
     parts.append("</svg>")
     return "\n".join(parts) + "\n"
 
@@ -1542,8 +1543,8 @@ def hex_colour(text):
 def png_curves(history):
     """The training curves of svg_curves, as a PNG (text in the 3x5 font)."""
     curves = training_curves(history)
-    canvas = Canvas(900, 380)
-    panels = [("LOSS", ["loss"]), ("ACCURACY (%)", [n for n in curves if n != "loss"])]
+    canvas = Canvas(900, 420)
+    panels = [("LOSS", ["loss"]), ("ACCURACY (PERCENT)", [n for n in curves if n != "loss"])]
     for number, (ylabel, names) in enumerate(panels):
         points = [pt for name in names for pt in curves[name]]
         plot = Plot(70 + 450 * number, 50, 340, 250, [p[0] for p in points], [p[1] for p in points])
@@ -1567,9 +1568,9 @@ def png_curves(history):
                 canvas.line(x0, y0, x1, y1, colour, thick=2)
             for x, y in xy:
                 canvas.rectangle(x - 2, y - 2, 5, 5, colour, fill=True)
-            ly = top + 10 + 16 * row
-            canvas.line(left + 150, ly, left + 170, ly, colour, thick=2)
-            canvas.text(left + 176, ly - 4, name, scale=2)
+            ly = LEGEND_TOP + 16 * row
+            canvas.line(left, ly, left + 20, ly, colour, thick=2)
+            canvas.text(left + 26, ly - 4, name, scale=2)
     return canvas.png()
 
 
@@ -1595,18 +1596,19 @@ def png_weights(network):
     """Each hidden unit's 784 incoming weights (a column of W1) as a 28x28 tile:
     blue where ink excites the unit, red where it inhibits it. 16 tiles a row."""
     n = network.n_hidden
-    columns = 16
+    columns, tile = 16, 2 * IMAGE_SIDE + 2           # each weight drawn 2x2 pixels
     rows = (n + columns - 1) // columns
-    canvas = Canvas(columns * 30 + 2, rows * 30 + 2, (128, 128, 128))
+    canvas = Canvas(columns * tile + 2, rows * tile + 2, (128, 128, 128))
     for j in range(n):
         weights = [network.w1[i][j] for i in range(N_INPUT)]
         scale = max(max(abs(w) for w in weights), 1e-12)
-        x0, y0 = 2 + (j % columns) * 30, 2 + (j // columns) * 30
+        x0, y0 = 2 + (j % columns) * tile, 2 + (j // columns) * tile
         for i, w in enumerate(weights):
             t = w / scale                              # -1 .. 1
             shade = int(255 * (1 - abs(t)))
             colour = (shade, shade, 255) if t > 0 else (255, shade, shade)
-            canvas.set(x0 + i % IMAGE_SIDE, y0 + i // IMAGE_SIDE, colour)
+            canvas.rectangle(x0 + 2 * (i % IMAGE_SIDE), y0 + 2 * (i // IMAGE_SIDE), 2, 2, colour,
+                             fill=True)
     return canvas.png()
 
 
@@ -2610,9 +2612,11 @@ def describe_run(settings, n_train, n_test, state):
                  decay, mastery,
                  ", augmented" if settings.augment else "", settings.seed,
                  engine_name(settings), python_version())]
-    if state.epoch or state.position:
-        lines.append("resuming after epoch %d%s" % (state.epoch, ", image %s" % format(
-            state.position, ",") if state.position else ""))
+    if state.position:
+        lines.append("resuming in epoch %d at image %s" % (state.epoch + 1,
+                                                          format(state.position, ",")))
+    elif state.epoch:
+        lines.append("resuming after epoch %d" % state.epoch)
     return lines
 
 

@@ -185,12 +185,12 @@ class PictureTests(unittest.TestCase):
 
     def test_the_png_curves_digits_and_weights_are_valid_pngs(self):
         _, test = mnist()
-        self.assertEqual(check_png(self, m.png_curves(history())), (900, 380, 2))
+        self.assertEqual(check_png(self, m.png_curves(history())), (900, 420, 2))
         items = [(test.image(k), test.labels[k], (test.labels[k] + k % 2) % 10, 0.9) for k in range(23)]
         width, height, _ = check_png(self, m.png_digit_grid(items))
         self.assertEqual((width, height), (10 * 64 + 8, 3 * 80 + 8))
         self.assertEqual(check_png(self, m.png_weights(m.Network.random(random.Random(1))))[:2],
-                         (16 * 30 + 2, 8 * 30 + 2))
+                         (16 * 58 + 2, 8 * 58 + 2))
         self.assertEqual(check_png(self, m.png_bytes(3, 2, bytes(6), 1)), (3, 2, 0))
 
     def test_our_png_reader_reads_our_png_writer(self):
