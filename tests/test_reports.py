@@ -1,6 +1,7 @@
 """What the program shows: progress bars, tables, digits, SVG and PNG pictures."""
 
 import io
+import os
 import random
 import struct
 import unittest
@@ -160,6 +161,15 @@ class DigitDrawingTests(unittest.TestCase):
         stream = io.TextIOWrapper(raw, encoding="ascii")
         m.Console(out=stream, err=stream).say("digit: █▀▄")
         self.assertEqual(raw.getvalue(), b"digit: ???\n")
+
+    def test_colour_only_on_a_terminal_and_never_with_no_color(self):
+        old = os.environ.pop("NO_COLOR", None)
+        self.addCleanup(lambda: os.environ.pop("NO_COLOR", None) if old is None
+                        else os.environ.__setitem__("NO_COLOR", old))
+        self.assertTrue(m.Console(out=FakeStream(terminal=True)).colour())
+        self.assertFalse(m.Console(out=FakeStream(terminal=False)).colour())
+        os.environ["NO_COLOR"] = "1"
+        self.assertFalse(m.Console(out=FakeStream(terminal=True)).colour())
 
     def test_five_columns_fit_in_eighty_characters(self):
         _, test = mnist()
