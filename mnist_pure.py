@@ -2338,12 +2338,17 @@ def whole_number(minimum):
     return parse
 
 
-def positive_number(text):
-    """An argparse type: a finite float > 0."""
+def real_number(text):
+    """float(text), with a plain-words error."""
     try:
-        value = float(text)
+        return float(text)
     except ValueError:
         raise argparse.ArgumentTypeError("%r is not a number" % text)
+
+
+def positive_number(text):
+    """An argparse type: a finite float > 0."""
+    value = real_number(text)
     if not 0.0 < value < INFINITY:
         raise argparse.ArgumentTypeError("must be a positive finite number, not %r" % text)
     return value
@@ -2351,10 +2356,7 @@ def positive_number(text):
 
 def probability(text):
     """An argparse type: a float in 0..1."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError("%r is not a number" % text)
+    value = real_number(text)
     if not 0.0 <= value <= 1.0:
         raise argparse.ArgumentTypeError("must be between 0 and 1, not %r" % text)
     return value

@@ -48,6 +48,13 @@ def mutate(data, rng):
     return bytes(data)
 
 
+def safetensors_file(header, data):
+    """A safetensors file's bytes from its header (a dict) and its data."""
+    text = json.dumps(header).encode()
+    text += b" " * (-len(text) % 8)
+    return struct.pack("<Q", len(text)) + text + data
+
+
 class Fuzzer(unittest.TestCase):
     def run_cases(self, name, seeds, make_input, parse):
         """make_input(rng) -> bytes; parse(bytes) may return or raise MnistError."""
@@ -148,9 +155,7 @@ class SafetensorsFuzzTests(Fuzzer):
                         entry[field][rng.randrange(len(entry[field]))] = pick(rng)
                     else:
                         entry[field] = pick(rng)
-            text = json.dumps(header).encode()
-            text += b" " * (-len(text) % 8)
-            return struct.pack("<Q", len(text)) + text + self.data
+            return safetensors_file(header, self.data)
         self.run_cases("safetensors-header", SEED, make, self.parse_run)
 
     def test_mutated_training_state(self):
@@ -158,9 +163,7 @@ class SafetensorsFuzzTests(Fuzzer):
             header = json.loads(json.dumps(self.header))
             state = header["__metadata__"]["training_state"]
             header["__metadata__"]["training_state"] = mutate(state.encode(), rng).decode("latin-1")
-            text = json.dumps(header).encode()
-            text += b" " * (-len(text) % 8)
-            return struct.pack("<Q", len(text)) + text + self.data
+            return safetensors_file(header, self.data)
         self.run_cases("safetensors-state", SEED, make, self.parse_run)
 
 
