@@ -58,13 +58,18 @@ def check_png(test, content):
     return width, height, colour
 
 
+def drive(bar, clock, counts, total, seconds_per_call):
+    """Call the bar with each count, the fake clock advancing between calls."""
+    for done in counts:
+        clock.now += seconds_per_call
+        bar(done, total)
+
+
 class ProgressBarTests(unittest.TestCase):
     def test_on_a_terminal_it_redraws_one_line_in_place(self):
         stream, clock = FakeStream(terminal=True), FakeClock()
         bar = m.ProgressBar(stream, "epoch 1", clock=clock)
-        for done in range(0, 1001, 100):
-            clock.now += 0.2
-            bar(done, 1000)
+        drive(bar, clock, range(0, 1001, 100), 1000, 0.2)
         self.assertNotIn("\n", stream.getvalue())
         self.assertEqual(stream.getvalue().count("\r"), 11)
         last = stream.getvalue().split("\r")[-1]
@@ -76,17 +81,13 @@ class ProgressBarTests(unittest.TestCase):
     def test_on_a_terminal_it_redraws_at_most_ten_times_a_second(self):
         stream, clock = FakeStream(terminal=True), FakeClock()
         bar = m.ProgressBar(stream, "x", clock=clock)
-        for done in range(100):
-            clock.now += 0.001
-            bar(done, 100)
+        drive(bar, clock, range(100), 100, 0.001)
         self.assertEqual(stream.getvalue().count("\r"), 1)
 
     def test_on_a_pipe_it_writes_a_few_plain_lines(self):
         stream, clock = FakeStream(terminal=False), FakeClock()
         bar = m.ProgressBar(stream, "epoch 1", clock=clock, every=10.0)
-        for done in range(0, 60000, 200):
-            clock.now += 0.1                       # a 30-second epoch
-            bar(done, 60000)
+        drive(bar, clock, range(0, 60000, 200), 60000, 0.1)     # a 30-second epoch
         bar.finish()
         lines = stream.getvalue().splitlines()
         self.assertNotIn("\r", stream.getvalue())
@@ -96,9 +97,7 @@ class ProgressBarTests(unittest.TestCase):
     def test_a_short_job_on_a_pipe_writes_nothing(self):
         stream, clock = FakeStream(terminal=False), FakeClock()
         bar = m.ProgressBar(stream, "testing", clock=clock)
-        for done in range(0, 1000, 100):
-            clock.now += 0.1
-            bar(done, 1000)
+        drive(bar, clock, range(0, 1000, 100), 1000, 0.1)
         self.assertEqual(stream.getvalue(), "")
 
     def test_durations_read_like_a_clock(self):
