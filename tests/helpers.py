@@ -20,7 +20,7 @@ DATA = os.path.join(ROOT, "data")
 @functools.lru_cache(maxsize=None)
 def mnist():
     """(train, test) Datasets from the committed data, loaded once."""
-    return mnist_pure.load_mnist(DATA, lambda message: None)
+    return mnist_pure.load_mnist(DATA)
 
 
 class Run:

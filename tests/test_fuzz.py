@@ -102,18 +102,18 @@ class IdxFuzzTests(Fuzzer):
                 stream.write(images)
             with open(os.path.join(self.folder, "l.gz"), "wb") as stream:
                 stream.write(gzip.compress(data, 1))
-            m.load_pair(self.folder, "i.gz", "l.gz", warn=lambda message: None)
+            m.load_pair(self.folder, "i.gz", "l.gz")
         self.run_cases("idx-labels", SEED, lambda rng: mutate(self.labels, rng), parse)
 
 
 class SafetensorsFuzzTests(Fuzzer):
     def setUp(self):
-        network = m.Network.random(random.Random(1), n_hidden=3)
+        network = m.NeuralNetwork([784, 3, 10], seed=1)
         state = m.TrainingState(epoch=1, history=[m.EpochStats(1, 0.05, 1.0, 10, 8, 5, 5, 0.1)])
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         path = os.path.join(folder, "m.safetensors")
-        m.save_run(path, network, m.Settings(), state, 0.5)
+        m.save_run(path, network, m.Settings(learning_rate=0.05), state, 0.5)
         with open(path, "rb") as stream:
             self.content = stream.read()
         (length,) = struct.unpack("<Q", self.content[:8])

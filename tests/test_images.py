@@ -166,8 +166,8 @@ class NetpbmTests(Folder):
 def trained_network():
     train, _ = mnist()
     settings = m.Settings(max_train=1000, epochs=5, learning_rate=0.05)
-    engine = m.make_engine(m.Network.random(random.Random(1)), "packed")
-    engine = m.fit(engine, train.head(1000), None, settings, m.TrainingState(), m.StopFlag())
+    engine = m.make_engine(m.NeuralNetwork(seed=1), "packed")
+    engine = m.fit(engine, train[:1000], None, settings, m.TrainingState(), m.StopFlag())
     return engine.to_network()
 
 
@@ -177,7 +177,7 @@ class PreparationTests(Folder):
         cls.network = trained_network()
 
     def guess(self, image):
-        return m.argmax(m.predict(self.network, m.sparse_pixels(image)))
+        return m.argmax(self.network.predict(image))
 
     def test_a_test_digit_saved_as_png_gets_the_same_guess_as_from_the_idx_file(self):
         _, test = mnist()
@@ -218,7 +218,7 @@ class PredictCommandTests(Folder):
     def setUpClass(cls):
         cls.model_folder = tempfile.mkdtemp()
         cls.model = os.path.join(cls.model_folder, "model.safetensors")
-        m.save_model(cls.model, trained_network(), {})
+        m.save_model(trained_network(), cls.model)
 
     @classmethod
     def tearDownClass(cls):

@@ -36,22 +36,54 @@ class FormatTests(unittest.TestCase):
     def setUp(self):
         self.folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, self.folder)
-        self.network = m.Network.random(random.Random(1))
+        self.network = m.NeuralNetwork(seed=1)
         self.path = os.path.join(self.folder, "model.safetensors")
 
     def test_a_saved_model_loads_bit_for_bit_and_predicts_the_same(self):
-        m.save_model(self.path, self.network, {"seed": 1})
-        loaded, metadata = m.load_model(self.path)
-        for name in ("w1", "b1", "w2", "b2"):
-            self.assertEqual(getattr(loaded, name), getattr(self.network, name))
+        m.save_model(self.network, self.path, {"seed": 1})
+        loaded, metadata = m.read_model(self.path)
+        self.assertEqual((loaded.weights, loaded.biases), (self.network.weights, self.network.biases))
         _, test = mnist()
-        for k in range(20):
-            self.assertEqual(loaded.forward(test.sample(k)).p, self.network.forward(test.sample(k)).p)
+        for image, _ in test[:20]:
+            self.assertEqual(loaded.predict(image), self.network.predict(image))
         self.assertEqual(metadata["seed"], "1")
         self.assertEqual(metadata["format"], "mnist_pure")
+        self.assertEqual(metadata["sizes"], "784,128,10")
+
+    def test_a_deeper_model_saves_every_layer_as_fc1_fc2_fc3(self):
+        deep = m.NeuralNetwork([784, 32, 16, 10], seed=3)
+        m.save_model(deep, self.path)
+        with open(self.path, "rb") as stream:
+            header, _, _ = header_and_data(stream.read())
+        shapes = {name: entry["shape"] for name, entry in header.items() if name != "__metadata__"}
+        self.assertEqual(shapes, {"fc1.weight": [32, 784], "fc1.bias": [32],
+                                  "fc2.weight": [16, 32], "fc2.bias": [16],
+                                  "fc3.weight": [10, 16], "fc3.bias": [10]})
+        self.assertEqual(header["__metadata__"]["sizes"], "784,32,16,10")
+        loaded = m.load_model(self.path)
+        self.assertEqual((loaded.sizes, loaded.weights, loaded.biases),
+                         (deep.sizes, deep.weights, deep.biases))
+
+    def test_a_model_whose_layers_do_not_chain_is_refused(self):
+        deep = m.NeuralNetwork([784, 32, 16, 10], seed=3)
+        tensors = m.network_tensors(deep)
+        tensors[2] = ("fc2.weight", (16, 33), [0.0] * (16 * 33))
+        m.write_atomically(self.path, m.safetensors_bytes(tensors, {}))
+        with self.assertRaises(m.MnistError) as caught:
+            m.load_model(self.path)
+        self.assertIn("fc2.weight has shape [16, 33]", str(caught.exception))
+        m.write_atomically(self.path, m.safetensors_bytes(m.network_tensors(deep)[:4], {}))
+        with self.assertRaises(m.MnistError) as caught:
+            m.load_model(self.path)
+        self.assertIn("16 outputs; a digit reader needs 10", str(caught.exception))
+
+    def test_the_packed_engine_saves_the_same_model_as_its_network(self):
+        engine = m.make_engine(self.network, "packed")
+        m.save_model(engine, self.path)
+        self.assertEqual(m.load_model(self.path).weights, engine.to_network().weights)
 
     def test_the_file_is_safetensors_with_pytorch_names_and_shapes(self):
-        m.save_model(self.path, self.network, {})
+        m.save_model(self.network, self.path)
         with open(self.path, "rb") as stream:
             content = stream.read()
         header, data, length = header_and_data(content)
@@ -66,7 +98,7 @@ class FormatTests(unittest.TestCase):
         begin = header["fc1.weight"]["data_offsets"][0]
         j, i = 5, 300
         (value,) = struct.unpack("<d", data[begin + 8 * (j * 784 + i):begin + 8 * (j * 784 + i + 1)])
-        self.assertEqual(value, self.network.w1[i][j])
+        self.assertEqual(value, self.network.weights[0][i][j])
         ends = sorted(tuple(e["data_offsets"]) for n, e in header.items() if n != "__metadata__")
         self.assertEqual(ends[0][0], 0)
         self.assertEqual(ends[-1][1], len(data))
@@ -83,20 +115,21 @@ class FormatTests(unittest.TestCase):
             offset += len(blob)
         with open(self.path, "wb") as stream:
             stream.write(file_with(header, blobs))
-        network, _ = m.load_model(self.path)
-        self.assertEqual((network.n_hidden, network.b1, network.w1[3][1]), (2, [0.0, 1.0], 0.5))
+        network = m.load_model(self.path)
+        self.assertEqual((network.sizes, network.biases[0], network.weights[0][3][1]),
+                         ([784, 2, 10], [0.0, 1.0], 0.5))
 
     def test_the_real_safetensors_library_reads_our_file(self):
         try:      # optional: looked up by name, so nothing here depends on it
             load_file = importlib.import_module("safetensors.numpy").load_file
         except ImportError:
             self.skipTest("safetensors and numpy are not installed (the project never needs them)")
-        m.save_model(self.path, self.network, {"seed": 1})
+        m.save_model(self.network, self.path, {"seed": 1})
         tensors = load_file(self.path)
         self.assertEqual(tensors["fc1.weight"].shape, (128, 784))
-        self.assertEqual(float(tensors["fc1.weight"][7, 400]), self.network.w1[400][7])
-        self.assertEqual(float(tensors["fc2.weight"][3, 100]), self.network.w2[100][3])
-        self.assertEqual([float(v) for v in tensors["fc2.bias"]], self.network.b2)
+        self.assertEqual(float(tensors["fc1.weight"][7, 400]), self.network.weights[0][400][7])
+        self.assertEqual(float(tensors["fc2.weight"][3, 100]), self.network.weights[1][100][3])
+        self.assertEqual([float(v) for v in tensors["fc2.bias"]], self.network.biases[1])
 
 
 class StrictLoaderTests(unittest.TestCase):
@@ -107,7 +140,7 @@ class StrictLoaderTests(unittest.TestCase):
         self.addCleanup(shutil.rmtree, self.folder)
         self.path = os.path.join(self.folder, "bad.safetensors")
         good = os.path.join(self.folder, "good.safetensors")
-        m.save_model(good, m.Network.random(random.Random(2), n_hidden=4), {})
+        m.save_model(m.NeuralNetwork([784, 4, 10], seed=2), good)
         with open(good, "rb") as stream:
             self.good = stream.read()
         self.header, self.data, _ = header_and_data(self.good)
@@ -212,7 +245,7 @@ class StrictLoaderTests(unittest.TestCase):
         self.assert_refused(m.safetensors_bytes(small_images, {}), "fc1.weight has shape [4, 196]")
         two_layers = [("fc1.weight", (8, 784), [0.0] * 8 * 784), ("fc1.bias", (8,), [0.0] * 8),
                       ("fc2.weight", (6, 8), [0.0] * 48), ("fc2.bias", (6,), [0.0] * 6)]
-        self.assert_refused(m.safetensors_bytes(two_layers, {}), "fc2.weight has shape [6, 8]")
+        self.assert_refused(m.safetensors_bytes(two_layers, {}), "6 outputs", "needs 10")
 
     def test_a_truncated_file(self):
         self.assert_refused(self.good[:len(self.good) // 2])
@@ -248,11 +281,14 @@ class StrictLoaderTests(unittest.TestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         path = os.path.join(folder, "ok.safetensors")
-        m.save_run(path, m.Network.random(random.Random(1), 3), m.Settings(), m.TrainingState())
+        m.save_run(path, m.NeuralNetwork([784, 3, 10], seed=1), m.Settings(learning_rate=0.05),
+                   m.TrainingState())
         with open(path, "rb") as stream:
             header, data, _ = header_and_data(stream.read())
         for field, bad in (("decay_every", 0), ("epochs", -1), ("learning_rate", float("nan")),
-                           ("augment", "yes"), ("mastery", 2.0), ("n_hidden", True)):
+                           ("augment", "yes"), ("mastery", 2.0), ("hidden", True),
+                           ("hidden", [0]), ("optimizer", "lbfgs"), ("batch_size", 0),
+                           ("dropout", 1.0), ("nesterov", 1)):
             state = json.loads(header["__metadata__"]["training_state"])
             state["recipe"][field] = bad
             changed = json.loads(json.dumps(header))
@@ -335,16 +371,16 @@ class CheckpointTests(unittest.TestCase):
                                 running=m.EpochStats(2, 0.05, loss_sum=3.0, seen=40, correct=30),
                                 history=[m.EpochStats(1, 0.05, 10.0, 100, 80, 90, 10, 0.5)],
                                 best_epoch=1, best_accuracy=0.8,
-                                best_network=m.Network.random(random.Random(9)))
-        engine = m.make_engine(m.Network.random(random.Random(4)), "packed")
+                                best_network=m.NeuralNetwork(seed=9))
+        engine = m.make_engine(m.NeuralNetwork(seed=4), "packed")
         m.save_run(path, engine, settings, state)
         network, metadata, recipe, loaded = m.load_run(path)
-        self.assertEqual(network.w1, engine.to_network().w1)
+        self.assertEqual(network.weights, engine.to_network().weights)
         self.assertEqual((recipe["seed"], recipe["epochs"], recipe["max_train"]), (4, 3, 100))
         self.assertEqual((loaded.epoch, loaded.position), (1, 40))
         self.assertEqual(loaded.running, state.running)
         self.assertEqual(loaded.history, state.history)
-        self.assertEqual(loaded.best_network.w2, state.best_network.w2)
+        self.assertEqual(loaded.best_network.weights, state.best_network.weights)
         self.assertIn("rng", json.loads(metadata["training_state"]))
 
 

@@ -119,16 +119,25 @@ class TableTests(unittest.TestCase):
 
     def test_the_confusion_matrix_of_a_real_run_sums_to_the_test_count(self):
         _, test = mnist()
-        network = m.Network.random(random.Random(1))
-        evaluation = m.evaluate(network, test.head(300))
+        network = m.NeuralNetwork(seed=1)
+        evaluation = m.evaluate(network, test[:300])
         self.assertEqual(sum(map(sum, evaluation.confusion())), 300)
 
     def test_an_epoch_row_lines_up_with_the_header(self):
         row = m.format_epoch_row(history()[0])
-        self.assertEqual(len(row), len(m.EPOCH_HEADER))
+        self.assertEqual(len(row), len(m.epoch_header()))
         self.assertIn("83.00%", row)
         no_test = m.format_epoch_row(history(with_test=False)[0])
-        self.assertEqual(len(no_test), len(m.EPOCH_HEADER))
+        self.assertEqual(len(no_test), len(m.epoch_header()))
+
+    def test_with_early_stopping_the_table_shows_validation_accuracy(self):
+        stats = history()[0]
+        stats.validation_accuracy = 0.948
+        header, row = m.epoch_header(validation=True), m.format_epoch_row(stats, validation=True)
+        self.assertEqual(len(row), len(header))
+        self.assertIn("valid acc", header)
+        column = header.index("valid acc")
+        self.assertEqual(row[column:column + len("valid acc") + 1].strip(), "94.80%")
 
     def test_the_most_confident_mistakes_come_first(self):
         evaluation = m.Evaluation([1, 2, 3, 4], [1, 5, 6, 7], [0.99, 0.6, 0.95, 0.7])
@@ -198,7 +207,7 @@ class PictureTests(unittest.TestCase):
         items = [(test.image(k), test.labels[k], (test.labels[k] + k % 2) % 10, 0.9) for k in range(23)]
         width, height, _ = check_png(self, m.png_digit_grid(items))
         self.assertEqual((width, height), (10 * 64 + 8, 3 * 80 + 8))
-        self.assertEqual(check_png(self, m.png_weights(m.Network.random(random.Random(1))))[:2],
+        self.assertEqual(check_png(self, m.png_weights(m.NeuralNetwork(seed=1)))[:2],
                          (16 * 58 + 2, 8 * 58 + 2))
         self.assertEqual(check_png(self, m.png_bytes(3, 2, bytes(6), 1)), (3, 2, 0))
 

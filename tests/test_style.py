@@ -3,10 +3,13 @@ only the standard library, and the network's exp and log are its own."""
 
 import ast
 import os
+import shutil
+import subprocess
 import sys
+import tempfile
 import unittest
 
-from helpers import SCRIPT
+from helpers import DATA, SCRIPT
 
 
 def module_tree():
@@ -51,11 +54,70 @@ class ReadingOrderTests(unittest.TestCase):
         self.assertEqual(late, [])
 
     def test_sections_are_numbered_in_order_under_banners(self):
-        with open(SCRIPT, encoding="utf-8") as stream:
-            lines = stream.read().splitlines()
+        lines = source_lines()
         numbers = [int(line[2:].split(".")[0]) for k, line in enumerate(lines)
                    if line.startswith("# ") and line[2:3].isdigit() and lines[k - 1].startswith("# ===")]
-        self.assertEqual(numbers, list(range(1, 17)))
+        self.assertEqual(numbers, list(range(1, len(numbers) + 1)))
+        self.assertGreaterEqual(len(numbers), 20)
+
+    def test_the_file_is_in_five_parts_under_banners_with_the_lesson_first(self):
+        lines = source_lines()
+        parts = [line.split(":")[0] for k, line in enumerate(lines)
+                 if line.startswith("# Part ") and lines[k - 1].startswith("# ===")]
+        self.assertEqual(parts, ["# Part I", "# Part II", "# Part III", "# Part IV", "# Part V"])
+
+
+def source_lines():
+    with open(SCRIPT, encoding="utf-8") as stream:
+        return stream.read().splitlines()
+
+
+def lesson_source():
+    """The file cut at the line that begins '# Part II' (and the banner rule above it)."""
+    lines = source_lines()
+    cut = next(k for k, line in enumerate(lines) if line.startswith("# Part II"))
+    return "\n".join(lines[:cut - 1]) + "\n"
+
+
+LESSON_NAMES = ("dot", "matmul", "relu", "softmax", "log", "exp", "NeuralNetwork",
+                "train_until_mastery", "test", "load_mnist")
+
+
+class LessonTests(unittest.TestCase):
+    """Part I is the lesson: short, nothing of the tool in it, and it runs alone."""
+
+    def test_part_one_is_about_600_lines_at_most(self):
+        self.assertLessEqual(len(lesson_source().splitlines()), 650)
+
+    def test_part_one_defines_the_original_projects_names(self):
+        tree = ast.parse(lesson_source())
+        self.assertLessEqual(set(LESSON_NAMES), set(top_level_names(tree)))
+
+    def test_part_one_holds_nothing_of_the_tool(self):
+        tree = ast.parse(lesson_source())
+        imported = {a.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for a in node.names}
+        self.assertLessEqual(imported, {"dataclasses", "gzip", "math", "os", "random", "struct",
+                                        "zlib"})
+        calls = {node.func.id for node in ast.walk(tree) if isinstance(node, ast.Call)
+                 and isinstance(node.func, ast.Name)}
+        self.assertFalse(calls & {"print", "input", "open"})
+
+    def test_cut_at_part_two_the_lesson_loads_mnist_trains_and_tests_on_its_own(self):
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        with open(os.path.join(folder, "lesson.py"), "w", encoding="utf-8") as stream:
+            stream.write(lesson_source())
+        program = ("import lesson\n"
+                   "train, test = lesson.load_mnist(%r)\n"
+                   "net = lesson.NeuralNetwork([784, 128, 10], seed=1)\n"
+                   "lesson.train_until_mastery(net, train[:1000])\n"
+                   "print(lesson.test(net, test))\n" % DATA)
+        done = subprocess.run([sys.executable, "-c", program], cwd=folder, timeout=600,
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True)
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertGreaterEqual(float(done.stdout), 0.85)
 
 
 class StandardLibraryTests(unittest.TestCase):

@@ -1,5 +1,5 @@
-"""Training: the default recipe's learning, mastery, the schedule, seeds,
-resuming, augmentation and early stopping."""
+"""Training: the lesson's train_until_mastery, the default recipe's learning,
+mastery, the schedule, seeds, resuming, distortions and early stopping."""
 
 import random
 import unittest
@@ -7,12 +7,12 @@ import unittest
 from helpers import mnist, mnist_pure as m
 
 
-def train_run(n, epochs=1, engine="packed", stop_after=None, state=None, **recipe):
+def train_run(n, epochs=1, engine="packed", stop_after=None, state=None, **fields):
     """Train a fresh (seeded) network on the first n images: (engine, state)."""
     train, _ = mnist()
-    settings = m.Settings(max_train=n, epochs=epochs, engine=engine, **recipe)
-    settings.learning_rate = settings.learning_rate or m.default_learning_rate(n)
-    network = m.make_engine(m.Network.random(random.Random(settings.seed)), engine)
+    settings = m.Settings(max_train=n, epochs=epochs, engine=engine, **fields)
+    settings.learning_rate = m.starting_learning_rate(settings, n)
+    network = m.make_engine(m.NeuralNetwork(settings.sizes(), settings.seed), engine)
     state = state or m.TrainingState()
     stop = m.StopFlag()
     seen = [0]
@@ -21,13 +21,49 @@ def train_run(n, epochs=1, engine="packed", stop_after=None, state=None, **recip
         seen[0] += 1
         if stop_after is not None and seen[0] > stop_after:
             stop.requested = True
-    network = m.fit(network, train.head(n), None, settings, state, stop, progress)
+    network = m.fit(network, train[:n], None, settings, state, stop, progress)
     return network, state
 
 
 def weights(engine):
-    net = engine.to_network()
-    return net.w1, net.b1, net.w2, net.b2
+    net = m.as_network(engine)
+    return net.weights, net.biases
+
+
+class LessonTests(unittest.TestCase):
+    """Part I's train_until_mastery, as the lesson and a notebook use it."""
+
+    def test_train_until_mastery_trains_the_network_it_is_given(self):
+        train, test = mnist()
+        net = m.NeuralNetwork([784, 32, 10], seed=1)
+        before = m.test(net, test[:500])
+        self.assertIs(m.train_until_mastery(net, train[:300], epochs=2), net)
+        self.assertGreater(m.test(net, test[:500]), before + 0.3)
+
+    def test_it_runs_the_same_loop_as_the_tool(self):
+        train, _ = mnist()
+        lesson = m.train_until_mastery(m.NeuralNetwork([784, 32, 10], seed=3), train[:200],
+                                       epochs=2, seed=3)
+        tool, _ = train_run(200, epochs=2, engine="lists", hidden=(32,), seed=3)
+        self.assertEqual(weights(lesson), weights(tool))
+
+    def test_the_learning_rate_is_chosen_from_the_data_size_when_not_given(self):
+        train, _ = mnist()
+        chosen = m.train_until_mastery(m.NeuralNetwork([784, 16, 10], seed=2), train[:100],
+                                       epochs=1)
+        given = m.train_until_mastery(m.NeuralNetwork([784, 16, 10], seed=2), train[:100],
+                                      epochs=1, learning_rate=m.default_learning_rate(100))
+        self.assertEqual(chosen.weights, given.weights)
+
+    def test_arguments_that_cannot_train_are_a_clear_error_not_a_silent_no_op(self):
+        train, _ = mnist()
+        for bad in ({"learning_rate": 0.0}, {"learning_rate": -0.1}, {"epochs": 0},
+                    {"epochs": 2.5}, {"mastery": 2.0}, {"lr_decay": 0.0}, {"decay_every": 0},
+                    {"learning_rate": "fast"}, {"seed": -1}):
+            net = m.NeuralNetwork([784, 8, 10], seed=1)
+            with self.assertRaises(m.MnistError) as caught:
+                m.train_until_mastery(net, train[:10], **bad)
+            self.assertIn(list(bad)[0], str(caught.exception))
 
 
 class RecipeTests(unittest.TestCase):
@@ -35,7 +71,7 @@ class RecipeTests(unittest.TestCase):
         # Measured for seeds 1-5: 85.5-87.2% on the full test set (seed 1: 86.4%).
         _, test = mnist()
         engine, state = train_run(2000, epochs=3)
-        self.assertGreater(m.accuracy(engine, test), 0.84)
+        self.assertGreater(m.test(engine, test), 0.84)
         self.assertEqual([s.epoch for s in state.history], [1, 2, 3])
         self.assertLess(state.history[-1].loss, state.history[0].loss)
 
@@ -46,8 +82,8 @@ class RecipeTests(unittest.TestCase):
         self.assertTrue(0.01 < m.default_learning_rate(60000) < 0.02)
 
     def test_the_learning_rate_is_multiplied_by_0_7_every_5_epochs(self):
-        settings = m.Settings(learning_rate=0.1)
-        rates = [m.learning_rate_at(settings, e) for e in range(11)]
+        recipe = m.Recipe(learning_rate=0.1)
+        rates = [m.learning_rate_at(recipe, e) for e in range(11)]
         self.assertEqual(rates[:5], [0.1] * 5)
         self.assertAlmostEqual(rates[5], 0.07)
         self.assertAlmostEqual(rates[9], 0.07)
@@ -61,12 +97,15 @@ class RecipeTests(unittest.TestCase):
         self.assertNotEqual(weights(a), weights(c))
 
     def test_a_diverging_run_stops_with_a_clear_error(self):
-        # lists: once the weights overflow, the loss is nan; packed: the weights
-        # would leave its range long before (at |w| = 32).
-        for engine, rate in (("lists", 1e300), ("packed", 50.0)):
-            with self.assertRaises(m.MnistError) as caught:
-                train_run(300, epochs=3, engine=engine, learning_rate=rate)
-            self.assertIn("diverged", str(caught.exception))
+        # packed: the weights would leave its range (|w| = 32) long before they
+        # overflow; lists: once they overflow, the loss is nan.
+        with self.assertRaises(m.MnistError) as caught:
+            train_run(300, epochs=3, engine="packed", learning_rate=50.0)
+        self.assertIn("diverged", str(caught.exception))
+        stats = m.EpochStats(1, 1e6)
+        with self.assertRaises(m.MnistError) as caught:
+            m.record(stats, 3, [float("nan")] * 10, True)
+        self.assertIn("diverged", str(caught.exception))
 
 
 class MasteryTests(unittest.TestCase):
@@ -82,56 +121,84 @@ class MasteryTests(unittest.TestCase):
         for stats in state.history:
             self.assertEqual(stats.updated + stats.skipped, stats.seen)
             self.assertEqual(stats.seen, 500)
-        self.assertEqual(state.history[0].skipped < state.history[-1].skipped, True)
+        self.assertLess(state.history[0].skipped, state.history[-1].skipped)
         self.assertGreater(state.history[-1].skipped, 250)
 
     def test_without_mastery_every_image_is_learned(self):
         _, state = train_run(300, epochs=2, mastery=0.0)
         self.assertEqual([s.updated for s in state.history], [300, 300])
 
+    def test_epoch_steps_yields_every_image_with_its_answer(self):
+        train, _ = mnist()
+        net = m.NeuralNetwork([784, 8, 10], seed=1)
+        recipe = m.Recipe(learning_rate=0.05)
+        steps = list(m.epoch_steps(net, train[:50], recipe, 0, start=10, stop=30))
+        self.assertEqual([s[0] for s in steps], list(range(10, 30)))
+        order = m.epoch_order(50, recipe.seed, 0)
+        self.assertEqual([s[1] for s in steps], [train.labels[order[k]] for k in range(10, 30)])
+        self.assertTrue(all(abs(sum(p) - 1) < 1e-9 for _, _, p, _ in steps))
+
 
 class OrderTests(unittest.TestCase):
     def test_each_epoch_visits_every_image_once_in_a_seeded_order(self):
-        settings = m.Settings(seed=3)
-        first, _ = m.epoch_plan(100, settings, 0)
-        again, _ = m.epoch_plan(100, settings, 0)
-        second, _ = m.epoch_plan(100, settings, 1)
+        first, again = m.epoch_order(100, 3, 0), m.epoch_order(100, 3, 0)
         self.assertEqual(sorted(first), list(range(100)))
         self.assertEqual(first, again)
-        self.assertNotEqual(first, second)
+        self.assertNotEqual(first, m.epoch_order(100, 3, 1))
         self.assertNotEqual(first, list(range(100)))
 
-    def test_augmentation_draws_a_shift_per_visit_within_two_pixels(self):
-        order, shifts = m.epoch_plan(500, m.Settings(augment=True), 0)
-        self.assertEqual(len(shifts), 500)
-        self.assertEqual({dx for dx, _ in shifts}, {-2, -1, 0, 1, 2})
-        self.assertEqual({dy for _, dy in shifts}, {-2, -1, 0, 1, 2})
 
-    def test_a_shift_moves_every_pixel_and_drops_what_leaves_the_image(self):
-        sample = ([0, 29, 783], [10, 20, 30])               # (0,0), (1,1), (27,27)
-        self.assertEqual(m.shift_sample(sample, 1, 0), ([1, 30], [10, 20]))
-        self.assertEqual(m.shift_sample(sample, 0, -1), ([1, 755], [20, 30]))
-        self.assertEqual(m.shift_sample(sample, 0, 0), ([0, 29, 783], [10, 20, 30]))
+class ShiftTests(unittest.TestCase):
+    def test_a_shift_moves_the_image_by_up_to_two_pixels_each_way(self):
+        image = bytearray(784)
+        image[14 * 28 + 14] = 200
+        seen = set()
+        for k in range(400):
+            moved = m.shift(bytes(image), random.Random(k))
+            (at,) = [i for i in range(784) if moved[i]]
+            self.assertEqual(moved[at], 200)
+            seen.add((at // 28 - 14, at % 28 - 14))
+        self.assertEqual(seen, {(dy, dx) for dy in range(-2, 3) for dx in range(-2, 3)})
+
+    def test_ink_pushed_off_the_edge_is_lost(self):
+        image = bytearray(784)
+        image[0], image[783] = 10, 30                     # the corners (0, 0) and (27, 27)
+        for k in range(100):
+            moved = m.shift(bytes(image), random.Random(k))
+            self.assertLessEqual(sum(1 for v in moved if v), 2)
+            self.assertLessEqual(set(moved), {0, 10, 30})
+
+    def test_a_shift_keeps_an_image_that_stays_inside(self):
+        train, _ = mnist()
+        image = train[0][0]
+        moved = m.shift(image, random.Random(1))
+        self.assertEqual(sorted(moved), sorted(image))      # MNIST digits have a blank margin
 
     def test_augmented_training_learns_too(self):
         _, test = mnist()
-        engine, _ = train_run(1000, epochs=3, augment=True)
-        self.assertGreater(m.accuracy(engine, test.head(1000)), 0.75)
+        engine, _ = train_run(1000, epochs=3, augment="shift")
+        self.assertGreater(m.test(engine, test[:1000]), 0.75)
 
 
 class ResumeTests(unittest.TestCase):
-    def test_stopping_mid_epoch_and_going_on_ends_where_an_unbroken_run_does(self):
-        whole, whole_state = train_run(600, epochs=2)
-        part, state = train_run(600, epochs=2, stop_after=2)       # stops in epoch 1
+    def check_resume(self, **fields):
+        whole, whole_state = train_run(600, epochs=2, **fields)
+        part, state = train_run(600, epochs=2, stop_after=2, **fields)     # stops in epoch 1
         self.assertEqual(state.epoch, 0)
         self.assertGreater(state.position, 0)
         train, _ = mnist()
-        settings = m.Settings(max_train=600, epochs=2, engine="packed",
-                              learning_rate=m.default_learning_rate(600))
-        part = m.fit(part, train.head(600), None, settings, state, m.StopFlag())
+        settings = m.Settings(max_train=600, epochs=2, **fields)
+        settings.learning_rate = m.starting_learning_rate(settings, 600)
+        part = m.fit(part, train[:600], None, settings, state, m.StopFlag())
         self.assertEqual(weights(part), weights(whole))
         self.assertEqual([(s.updated, s.skipped, s.correct) for s in state.history],
                          [(s.updated, s.skipped, s.correct) for s in whole_state.history])
+
+    def test_stopping_mid_epoch_and_going_on_ends_where_an_unbroken_run_does(self):
+        self.check_resume(engine="packed")
+
+    def test_resuming_is_exact_with_distortions_and_mini_batches_too(self):
+        self.check_resume(engine="packed", augment="shift", batch_size=7)
 
 
 class EarlyStoppingTests(unittest.TestCase):
@@ -139,15 +206,15 @@ class EarlyStoppingTests(unittest.TestCase):
         train, _ = mnist()
         settings = m.Settings(max_train=300, epochs=6, engine="packed", learning_rate=0.05,
                               validation=500, patience=2)
-        engine = m.make_engine(m.Network.random(random.Random(1)), "packed")
+        engine = m.make_engine(m.NeuralNetwork(seed=1), "packed")
         state = m.TrainingState()
-        held_out = train.tail(500)
-        engine = m.fit(engine, train.head(300), held_out, settings, state, m.StopFlag())
+        held_out = train[-500:]
+        engine = m.fit(engine, train[:300], held_out, settings, state, m.StopFlag())
         accuracies = [s.validation_accuracy for s in state.history]
         self.assertTrue(all(0 <= a <= 1 for a in accuracies))
         self.assertEqual(state.best_accuracy, max(accuracies))
         self.assertEqual(state.best_epoch, accuracies.index(max(accuracies)) + 1)
-        self.assertAlmostEqual(m.accuracy(engine, held_out), state.best_accuracy)
+        self.assertAlmostEqual(m.test(engine, held_out), state.best_accuracy)
         if state.stopped_early:
             self.assertEqual(len(state.history) - state.best_epoch, 2)
 
