@@ -5,9 +5,7 @@ import array
 import errno
 import importlib
 import json
-import math
 import os
-import random
 import shutil
 import struct
 import tempfile

@@ -2,7 +2,6 @@
 
 import io
 import os
-import random
 import struct
 import unittest
 import xml.etree.ElementTree as ElementTree
