@@ -1666,10 +1666,17 @@ def gradient_check(network, image, label, rng, per_tensor=60, step=1e-5):
 # =============================================================================
 
 import argparse
+import errno
 import hashlib
+import http.server
+import ipaddress
 import json
 import re
+import socket
+import socketserver
 import tempfile
+import threading
+import webbrowser
 
 # =============================================================================
 # 14. A training run: settings, checked data, training, testing
@@ -2712,10 +2719,18 @@ def load_run(path):
 # =============================================================================
 # 19. Your own digit: reading PNG and PGM, and preparing it as MNIST was
 # =============================================================================
+# A phone photo is 12-24 megapixels; CPython spends ~50 ns on each Python-level
+# operation, so anything done per pixel in Python costs seconds. The readers
+# therefore work on whole rows with operations that loop in C: slicing
+# (row[0::3] is every red sample), bytes.translate (a 256-entry lookup table
+# applied to every byte), and big integers used as rows of small numbers
+# ("lanes"), the trick of section 7: int.from_bytes turns a row into one
+# integer, and one integer +, &, >> then works on every lane at once.
 
-MAX_IMAGE_PIXELS = 4000000     # larger images are refused: scale them down first
-MAX_IMAGE_FILE_BYTES = 64 << 20
+MAX_IMAGE_PIXELS = 24000000    # a 24-megapixel photo; larger images are refused
+MAX_IMAGE_FILE_BYTES = 256 << 20
 IMAGE_FORMATS = "PNG or PGM/PBM/PPM"
+LANE32 = "I" if array.array("I").itemsize == 4 else "L"      # an array of 32-bit numbers
 
 
 def check_image_size(path, width, height):
@@ -2724,6 +2739,30 @@ def check_image_size(path, width, height):
     if width * height > MAX_IMAGE_PIXELS:
         raise MnistError("%s: image is %dx%d, more than the %d megapixels this program reads; "
                          "scale it down first" % (path, width, height, MAX_IMAGE_PIXELS // 1000000))
+
+
+def byte_lanes(data, width):
+    """bytes -> one integer holding each byte in a lane of `width` bits
+    (8, 16 or 32), the first byte in the lowest lane. Wider lanes leave room
+    for sums: a 32-bit lane holds the sum of 16 million bytes without
+    spilling into the next."""
+    if width == 8:
+        return int.from_bytes(data, "little")
+    step = width // 8
+    spread = bytearray(step * len(data))
+    spread[0::step] = data
+    return int.from_bytes(spread, "little")
+
+
+def lane_constant(value, count, width):
+    """An integer with `value` in each of `count` lanes of `width` bits."""
+    return value * int.from_bytes((b"\x01" + bytes(width // 8 - 1)) * count, "little")
+
+
+def lane_bytes(number, count, width, at=0):
+    """The inverse of byte_lanes: byte `at` of each of `count` lanes, as bytes."""
+    step = width // 8
+    return number.to_bytes(step * count, "little")[at::step]
 
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -2753,10 +2792,19 @@ def png_chunks(path, content):
     return chunks
 
 
-def png_unfilter(path, raw, height, stride, bpp):
-    """Undo PNG's per-row filters. Each row starts with its filter type; the
-    filters predict a byte from its left (a), upper (b) and upper-left (c)
-    neighbours and store the difference, mod 256."""
+def paeth(a, b, c):
+    """PNG's Paeth predictor: of left (a), up (b) and upper-left (c), the one
+    nearest to a + b - c (ties go to a, then b)."""
+    p = a + b - c
+    pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
+    return a if pa <= pb and pa <= pc else b if pb <= pc else c
+
+
+def png_unfilter(raw, height, stride, bpp):
+    """Undo PNG's per-row filters, one byte at a time (the definition, and what
+    PyPy runs). Each row starts with its filter type; the filters predict a
+    byte from its left (a), upper (b) and upper-left (c) neighbours, bpp bytes
+    (one pixel) apart, and store the difference, mod 256."""
     previous = bytearray(stride)
     rows = []
     for r in range(height):
@@ -2766,59 +2814,224 @@ def png_unfilter(path, raw, height, stride, bpp):
             for i in range(bpp, stride):
                 row[i] = (row[i] + row[i - bpp]) & 255
         elif kind == 2:                                         # Up: + b
-            row = bytearray((x + y) & 255 for x, y in zip(row, previous))
+            for i in range(stride):
+                row[i] = (row[i] + previous[i]) & 255
         elif kind == 3:                                         # Average: + (a + b) // 2
             for i in range(stride):
                 left = row[i - bpp] if i >= bpp else 0
                 row[i] = (row[i] + (left + previous[i]) // 2) & 255
         elif kind == 4:                                         # Paeth: + a, b or c
             for i in range(stride):
-                a = row[i - bpp] if i >= bpp else 0
-                b, c = previous[i], previous[i - bpp] if i >= bpp else 0
-                p = a + b - c
-                pa, pb, pc = abs(p - a), abs(p - b), abs(p - c)
-                row[i] = (row[i] + (a if pa <= pb and pa <= pc else b if pb <= pc else c)) & 255
-        elif kind != 0:
-            raise MnistError("%s: damaged PNG (row %d has filter type %d)" % (path, r, kind))
+                left, corner = (row[i - bpp], previous[i - bpp]) if i >= bpp else (0, 0)
+                row[i] = (row[i] + paeth(left, previous[i], corner)) & 255
         rows.append(row)
         previous = row
     return rows
 
 
-def png_samples(rows, width, depth, channels):
-    """Each row's samples as ints: bits unpacked below 8, high byte of 16."""
-    count = width * channels
-    if depth == 8:
-        return [list(row[:count]) for row in rows]
-    if depth == 16:
-        return [list(row[0:2 * count:2]) for row in rows]
+def add_bytes(x, y, low7, high1):
+    """Lane-wise (x + y) mod 256 of two integers of 8-bit lanes: add the low 7
+    bits of each lane (no carry can leave a lane), then put back the top bit,
+    which is the XOR of the two top bits and the carry already in the sum."""
+    return ((x & low7) + (y & low7)) ^ ((x ^ y) & high1)
+
+
+def png_unfilter_rows(raw, height, stride, bpp):
+    """png_unfilter for images whose rows use only None, Sub and Up, with the
+    loops in C: a row is an integer of 8-bit lanes. Up adds the row above in
+    one add_bytes. Sub is a running sum along the row (each byte adds the
+    decoded byte bpp to its left), done by doubling: after adding the row to
+    itself shifted by 1, 2, 4 ... pixels, lane i holds the sum of all lanes
+    i, i-1, ..., 0 of its channel: log2(width) steps instead of width."""
+    low7, high1 = lane_constant(0x7F, stride, 8), lane_constant(0x80, stride, 8)
+    everything = (1 << 8 * stride) - 1
+    previous, rows = 0, []
+    for r in range(height):
+        kind = raw[r * (stride + 1)]
+        row = int.from_bytes(raw[r * (stride + 1) + 1:(r + 1) * (stride + 1)], "little")
+        if kind == 1:
+            shift = 8 * bpp
+            while shift < 8 * stride:
+                row = add_bytes(row, (row << shift) & everything, low7, high1)
+                shift *= 2
+        elif kind == 2:
+            row = add_bytes(row, previous, low7, high1)
+        rows.append(row)
+        previous = row
+    return [row.to_bytes(stride, "little") for row in rows]
+
+
+class Lanes:
+    """Constants for `count` 16-bit lanes, made once: `ones` has 1 in every
+    lane, `bit8` 2**8 in every lane, `low8` 2**8 - 1 in every lane, and so on."""
+
+    def __init__(self, count):
+        self.ones = lane_constant(1, count, 16)
+        self.full = self.ones * 0xFFFF
+        self.low8, self.low9 = self.ones * 0xFF, self.ones * 0x1FF
+        self.bit8, self.bit9, self.bit10 = self.ones << 8, self.ones << 9, self.ones << 10
+
+
+def lane_abs(offset_x, bit, lanes):
+    """|x| in every 16-bit lane, given x + 2**bit there (bit 8 or 9), which is
+    positive, so no lane borrows from the next (x - y + 256 for bytes x, y is
+    1..511). Bit `bit` of a lane is set where x >= 0: there |x| is the low
+    bits of x + 2**bit; elsewhere, those of 2**(bit+1) - (x + 2**bit) = 2**bit - x."""
+    twice, low = (lanes.bit9, lanes.low8) if bit == 8 else (lanes.bit10, lanes.low9)
+    positive = ((offset_x >> bit) & lanes.ones) * 0xFFFF          # all ones where x >= 0
+    return (offset_x & positive | (twice - offset_x) & (lanes.full ^ positive)) & low
+
+
+def paeth_lanes(a, b, c, lanes):
+    """paeth(a, b, c) in every 16-bit lane at once (a byte in each lane).
+    A comparison x <= y is bit 10 of y + 1024 - x, which stays in 514..1534."""
+    ab = (a | lanes.bit8) - c                                      # a - c + 256
+    bc = (b | lanes.bit8) - c                                      # b - c + 256
+    pa, pb = lane_abs(bc, 8, lanes), lane_abs(ab, 8, lanes)        # |p - a| = |b - c|, |p - b| = |a - c|
+    pc = lane_abs(ab + bc, 9, lanes)                               # |p - c| = |a + b - 2c|
+    a_wins = (((pb | lanes.bit10) - pa) & ((pc | lanes.bit10) - pa)) >> 10 & lanes.ones
+    b_wins = ((pc | lanes.bit10) - pb) >> 10 & lanes.ones & (lanes.ones ^ a_wins)
+    c_wins = lanes.ones ^ a_wins ^ b_wins
+    return a & a_wins * 0xFFFF | b & b_wins * 0xFFFF | c & c_wins * 0xFFFF
+
+
+def png_unfilter_band(out, top, count, stride, bpp, above):
+    """Decode rows top..top+count-1 of `out` (raw PNG rows, filter bytes
+    included) in place, in anti-diagonal waves, the rows as 16-bit lanes;
+    `above` is the decoded row above them.
+
+    Within a row, byte i needs byte i - bpp decoded first, so a row cannot be
+    done at once. But byte i of row r needs only bytes of row r to its left
+    and bytes of row r-1 at or left of i: so all bytes (r, i) with r + i = t,
+    one per row, can be decoded together once wave t-1 is done. Wave t is a
+    strided slice of the buffer, one byte per row; its neighbours are earlier
+    waves: left a = wave t-bpp (same lane), up b = wave t-1 moved up one lane,
+    up-left c = wave t-bpp-1 moved up one lane. Each row's filter applies to
+    its own lane through a mask (all ones in the lanes of the rows using it).
+    Lanes hold at most 1534 (paeth_lanes), so they never spill over."""
+    lanes = Lanes(count)
+    kinds = out[top * (stride + 1)::stride + 1][:count]
+    masks = [byte_lanes(bytes(255 if k == kind else 0 for k in kinds), 16) * 257 for kind in range(5)]
+    waves = [0] * (bpp + 1)                     # the decoded waves t-1, t-2, ..., t-bpp-1
+    start = top * (stride + 1) + 1
+    for t in range(stride + count - 1):
+        lo, hi = max(0, t - stride + 1), min(count - 1, t)         # the rows wave t crosses
+        where = slice(start + t + lo * stride, start + t + hi * stride + 1, stride)
+        left = waves[bpp - 1]
+        up = waves[0] << 16 | (above[t] if t < stride else 0)
+        corner = waves[bpp] << 16 | (above[t - bpp] if bpp <= t < stride else 0)
+        guess = left & masks[1] | up & masks[2] | ((left + up) >> 1) & lanes.low8 & masks[3]
+        if masks[4]:
+            guess |= paeth_lanes(left, up, corner, lanes) & masks[4]
+        filtered = byte_lanes(out[where], 16) << 16 * lo
+        rows = (1 << 16 * (hi + 1)) - (1 << 16 * lo)                # all ones in lanes lo..hi
+        wave = (filtered + guess) & lanes.low8 & rows
+        waves = [wave] + waves[:-1]
+        out[where] = lane_bytes(wave >> 16 * lo, hi - lo + 1, 16)
+
+
+def png_unfilter_in_c(raw, height, stride, bpp):
+    """png_unfilter with its loops in C, for CPython: row by row when no row
+    uses Average or Paeth, else in waves (png_unfilter_band) over bands of
+    rows about as tall as the rows are long, so each wave has many lanes."""
+    kinds = set(raw[0::stride + 1][:height])
+    if kinds <= {0, 1, 2}:
+        return png_unfilter_rows(raw, height, stride, bpp)
+    out, above = bytearray(raw), bytes(stride)
+    band = max(64, min(stride, 4096))
+    for top in range(0, height, band):
+        count = min(band, height - top)
+        png_unfilter_band(out, top, count, stride, bpp, above)
+        last = (top + count - 1) * (stride + 1)
+        above = out[last + 1:last + stride + 1]
+    return [out[r * (stride + 1) + 1:(r + 1) * (stride + 1)] for r in range(height)]
+
+
+PNG_UNFILTER = png_unfilter if ON_PYPY else png_unfilter_in_c
+
+
+def unpack_table(depth):
+    """For 1-, 2- and 4-bit samples: each byte value -> the samples it packs,
+    first sample in the high bits, as bytes."""
     per_byte, mask = 8 // depth, (1 << depth) - 1
-    return [[(row[n // per_byte] >> (8 - depth * (n % per_byte + 1))) & mask
-             for n in range(count)] for row in rows]
+    return [bytes((byte >> (8 - depth * (k + 1))) & mask for k in range(per_byte))
+            for byte in range(256)]
 
 
-def png_luminance(path, samples, colour, depth, palette, alpha_table):
-    """Flatten decoded samples to luminance bytes, compositing alpha over white."""
-    top = (1 << min(depth, 8)) - 1 if colour in (0, 4) else 255
-    out = bytearray()
-    for row in samples:
-        for n in range(len(row) // PNG_CHANNELS[colour]):
-            if colour == 3:
-                index = row[n]
-                if 3 * index + 3 > len(palette):
-                    raise MnistError("%s: damaged PNG (colour %d is not in the palette)"
-                                     % (path, index))
-                r, g, b = palette[3 * index:3 * index + 3]
-                alpha = alpha_table[index] if index < len(alpha_table) else 255
-            elif colour in (0, 4):
-                r = g = b = row[n * PNG_CHANNELS[colour]] * 255 // top
-                alpha = row[2 * n + 1] if colour == 4 else 255
-            else:
-                r, g, b = row[n * PNG_CHANNELS[colour]:n * PNG_CHANNELS[colour] + 3]
-                alpha = row[4 * n + 3] if colour == 6 else 255
-            grey = (299 * r + 587 * g + 114 * b) // 1000
-            out.append((grey * alpha + 255 * (255 - alpha)) // 255)
+UNPACK = {depth: unpack_table(depth) for depth in (1, 2, 4)}
+
+
+def unpack_samples(row, count, depth):
+    """A row's first `count` samples as bytes, one per sample: bits unpacked
+    below 8 (each byte looked up in UNPACK), the high byte of 16."""
+    if depth == 8:
+        return bytes(row[:count])
+    if depth == 16:
+        return bytes(row[0:2 * count:2])
+    return b"".join(map(UNPACK[depth].__getitem__, row))[:count]
+
+
+def scale_table(top):
+    """bytes.translate table taking samples 0..top to 0..255."""
+    return bytes(min(255, v * 255 // top) for v in range(256))
+
+
+# Luminance = 0.299 red + 0.587 green + 0.114 blue (ITU-R BT.601), with the
+# weights as whole multiples of 2**-16 that add up to exactly 2**16, so that
+# white stays 255: in 32-bit lanes the weighted sum is < 2**24, and its byte 2
+# (bits 16-23) is the luminance rounded down.
+LUMA = (19595, 38470, 7471)
+
+
+def luminance(red, green, blue):
+    """Luminance of each pixel, given bytes of its red, green and blue (the
+    definition, and what PyPy runs)."""
+    wr, wg, wb = LUMA
+    out = bytearray(len(red))
+    for i in range(len(red)):
+        out[i] = (wr * red[i] + wg * green[i] + wb * blue[i]) >> 16
     return bytes(out)
+
+
+def luminance_in_c(red, green, blue):
+    """luminance with its loops in C, for CPython: each colour as one integer
+    of 32-bit lanes, weighted and added in three multiplications and two
+    additions; each lane's byte 2 is then the result."""
+    total = LUMA[0] * byte_lanes(red, 32) + LUMA[1] * byte_lanes(green, 32) + LUMA[2] * byte_lanes(blue, 32)
+    return lane_bytes(total, len(red), 32, at=2)
+
+
+LUMINANCE = luminance if ON_PYPY else luminance_in_c
+
+
+def over_white(grey, alpha):
+    """Grey levels laid over white paper by their opacity (alpha 255 = opaque)."""
+    if alpha.count(255) == len(alpha):
+        return grey
+    return bytes((g * a + 255 * (255 - a)) // 255 for g, a in zip(grey, alpha))
+
+
+def palette_table(palette, alpha_table):
+    """bytes.translate table: palette index -> its colour's luminance over white."""
+    table = bytearray(256)
+    for index in range(min(256, len(palette) // 3)):
+        r, g, b = palette[3 * index:3 * index + 3]
+        alpha = alpha_table[index] if index < len(alpha_table) else 255
+        table[index] = over_white(luminance(bytes([r]), bytes([g]), bytes([b])), bytes([alpha]))[0]
+    return bytes(table)
+
+
+def png_grey_row(path, samples, colour, table, colours):
+    """One row of 8-bit samples -> its luminance bytes."""
+    if colour == 3 and max(samples) >= colours:
+        raise MnistError("%s: damaged PNG (colour %d is not in the palette)" % (path, max(samples)))
+    if colour in (0, 3):
+        return samples.translate(table)
+    if colour == 4:
+        return over_white(samples[0::2], samples[1::2])
+    channels = PNG_CHANNELS[colour]
+    grey = LUMINANCE(samples[0::channels], samples[1::channels], samples[2::channels])
+    return grey if colour == 2 else over_white(grey, samples[3::4])
 
 
 def read_png(path, content):
@@ -2849,9 +3062,17 @@ def read_png(path, content):
         raise MnistError("%s: damaged PNG image data (%s)" % (path, describe(e)))
     if len(raw) != expected:
         raise MnistError("%s: PNG image data is %d bytes, expected %d" % (path, len(raw), expected))
-    rows = png_unfilter(path, raw, height, stride, max(1, bits_per_pixel // 8))
-    samples = png_samples(rows, width, depth, channels)
-    return width, height, png_luminance(path, samples, colour, depth, palette, alpha_table)
+    kinds = raw[0::stride + 1]
+    if max(kinds) > 4:
+        row = next(r for r, kind in enumerate(kinds) if kind > 4)
+        raise MnistError("%s: damaged PNG (row %d has filter type %d)" % (path, row, kinds[row]))
+    rows = PNG_UNFILTER(raw, height, stride, max(1, bits_per_pixel // 8))
+    table = (palette_table(palette, alpha_table) if colour == 3 else
+             scale_table((1 << depth) - 1) if depth < 8 else None)
+    count = width * channels
+    return width, height, b"".join(
+        png_grey_row(path, unpack_samples(row, count, depth), colour, table, len(palette) // 3)
+        for row in rows)
 
 
 def read_netpbm(path, content):
@@ -2874,29 +3095,84 @@ def read_netpbm(path, content):
         raise MnistError("%s: maximum value %d is outside 1..65535" % (path, top))
     channels = 3 if kind in (b"3", b"6") else 1
     count = width * height * channels
-    if kind in (b"1", b"2", b"3"):
+    if kind in (b"1", b"2", b"3"):                  # ASCII: small files, read number by number
         values = [int(v) for v in re.findall(rb"\d" if kind == b"1" else rb"\d+",
                                              re.sub(rb"#[^\n]*", b"", content[at:]))[:count]]
-    elif kind == b"4":
+        samples = bytes(0 if v else 255 for v in values) if kind == b"1" else \
+            bytes(min(255, v * 255 // top) for v in values)          # PBM: 1 = black
+    elif kind == b"4":                              # rows of bits, each row padded to a byte
         stride = (width + 7) // 8
         body = content[at + 1:at + 1 + stride * height]
-        values = []
+        samples = b""
         if len(body) == stride * height:
-            values = [(body[r * stride + c // 8] >> (7 - c % 8)) & 1
-                      for r in range(height) for c in range(width)]
+            samples = b"".join(unpack_samples(body[r * stride:(r + 1) * stride], width, 1)
+                               for r in range(height)).translate(b"\xff\x00" + bytes(254))
     else:
         size = 2 if top > 255 else 1
-        body = content[at + 1:at + 1 + count * size]
-        values = list(body) if size == 1 else list(body[0::2])
-        top = top if size == 1 else top >> 8
-    if len(values) != count:
+        samples = content[at + 1:at + 1 + count * size][0::size]
+        samples = samples.translate(scale_table(top >> 8 if size == 2 else top))
+    if len(samples) != count:
         raise MnistError("%s: %s image data is cut short" % (path, name))
-    if kind in (b"1", b"4"):                        # PBM: 1 = black
-        return width, height, bytes(0 if v else 255 for v in values)
-    if channels == 3:
-        values = [(299 * values[k] + 587 * values[k + 1] + 114 * values[k + 2]) // 1000
-                  for k in range(0, count, 3)]
-    return width, height, bytes(min(255, v * 255 // max(top, 1)) for v in values)
+    if channels == 1:
+        return width, height, bytes(samples)
+    row = 3 * width
+    return width, height, b"".join(
+        LUMINANCE(samples[k:k + row:3], samples[k + 1:k + row:3], samples[k + 2:k + row:3])
+        for k in range(0, count, row))
+
+
+CONVERT_HINT = ("save it as PNG first (an image viewer's Export or Save As), or open `python "
+                "mnist_pure.py serve`, whose page reads any photo the browser can show")
+
+
+def heif_brand(head):
+    """HEIC, AVIF or HEIF from an ISO media file's ftyp box (its major and
+    compatible brands, four letters each), or None for other such files."""
+    size = int.from_bytes(head[0:4], "big")
+    brands = [head[k:k + 4] for k in range(8, min(size, len(head)) - 3, 4) if k != 12]
+    if set(brands) & {b"avif", b"avis"}:
+        return "an AVIF"
+    if set(brands) & {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"hevm", b"hevs"}:
+        return "a HEIC"
+    if set(brands) & {b"mif1", b"msf1"}:
+        return "a HEIF"
+    return None
+
+
+def format_name(head):
+    """What a file is ("a JPEG"), from its first bytes, for the formats people try most
+    often (a phone's JPEG or HEIC, a browser's WebP, a scan's TIFF or PDF),
+    or None."""
+    if head.startswith(b"\xff\xd8\xff"):
+        return "a JPEG"
+    if head[:6] in (b"GIF87a", b"GIF89a"):
+        return "a GIF"
+    if head[:2] == b"BM" and len(head) >= 18 and head[14] in (12, 40, 52, 56, 64, 108, 124):
+        return "a BMP"
+    if head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        return "a WebP"
+    if head[4:8] == b"ftyp":
+        return heif_brand(head)
+    if head[:4] in (b"II*\x00", b"MM\x00*"):
+        return "a TIFF"
+    if head.startswith(b"%PDF"):
+        return "a PDF"
+    return None
+
+
+def decode_image(name, content):
+    """(width, height, luminance bytes 0 = black .. 255 = white) of an image
+    file's content, whatever it came from: a file, or an upload to `serve`.
+    name says where it came from, in the error messages."""
+    if content.startswith(PNG_SIGNATURE):
+        return read_png(name, content)
+    if content[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
+        return read_netpbm(name, content)
+    found = format_name(content[:64])
+    if found:
+        raise MnistError("%s: not an image this program reads: it is %s file (this program reads "
+                         "%s); %s" % (name, found, IMAGE_FORMATS, CONVERT_HINT))
+    raise MnistError("%s: not an image this program reads (%s)" % (name, IMAGE_FORMATS))
 
 
 def read_image(path):
@@ -2913,30 +3189,353 @@ def read_image(path):
         raise MnistError("%s: is a folder, not an image" % path)
     except OSError as e:
         raise MnistError("%s: cannot read it (%s)" % (path, e.strerror or describe(e)))
-    if content.startswith(PNG_SIGNATURE):
-        return read_png(path, content)
-    if content[:2] in (b"P1", b"P2", b"P3", b"P4", b"P5", b"P6"):
-        return read_netpbm(path, content)
-    raise MnistError("%s: not an image this program reads (%s)" % (path, IMAGE_FORMATS))
+    return decode_image(path, content)
 
 
-def to_ink(width, height, luminance):
-    """Ink levels 0..255 (bright ink on a dark background, like MNIST)."""
-    border = ([luminance[c] for c in range(width)] +
-              [luminance[(height - 1) * width + c] for c in range(width)] +
-              [luminance[r * width] for r in range(height)] +
-              [luminance[r * width + width - 1] for r in range(height)])
-    border.sort()
-    paper = border[len(border) // 2]                  # median border level
-    if paper > 127:                                   # dark ink on light paper
-        ink = [255 - v for v in luminance]
-        paper = 255 - paper
-    else:
-        ink = list(luminance)
-    top = max(ink)
-    if top <= paper:
-        return [0] * len(ink)
-    return [max(0, v - paper) * 255 // (top - paper) for v in ink]
+# Preparing a digit as MNIST's were. A photo is not a drawing: its paper is
+# lit unevenly (a gradient, dark corners, a shadow), the page may end inside
+# the picture, and there may be specks, or nothing, or two digits. So:
+#   1. work on a copy of at most WORK_PIXELS pixels (a 24-megapixel photo is
+#      averaged in 9x9 blocks first);
+#   2. find the paper's brightness P around every pixel, and count as ink only
+#      what is darker than its own paper: ink = (P - grey) / P, the fraction
+#      of the paper's light the ink absorbs (a flat-field correction: a dim
+#      corner and a bright centre give the same ink);
+#   3. find the separate marks, drop specks, and decide whether what is left
+#      is one digit, none, or several;
+#   4. crop to the digit and prepare it as MNIST was (prepare_digit_with_notes
+#      says how).
+
+WORK_PIXELS = 300000        # the prepared copy's size limit (e.g. 666x444 for 6000x4000)
+GRID_CELLS = 64             # the paper is estimated on a grid this many cells across the short side
+PAPER_REACH = 0.2           # ... filling dark marks up to 2 x 0.2 = 40% of the short side wide
+FLAT_LEVEL = 0.08           # paper within 8% of the border's level on ...
+FLAT_SHARE = 0.9            # ... 90% of the grid is flat: one paper level for the whole image
+DIM_PAPER = 0.5             # paper darker than half the typical paper is not paper
+NOISE_FLOOR = 3.0           # ink below 3 standard deviations of the paper's noise is paper
+MARK_LEVEL = 40 / 255       # a mark is ink reaching 16% of the darkest ink's contrast ...
+MARK_NOISE = 6.0            # ... and 6 standard deviations of the noise ...
+MARK_MINIMUM = 0.05         # ... and 5% contrast at least
+MARK_CELLS = 150            # marks are traced on a grid this many cells across the long side
+SPECK_SIZE = 0.03           # a mark smaller than 3% of the short side (or 3 pixels) is a speck
+STRAY_SIZE = 0.01           # marks dropped from beside the digit are mentioned from 1% up
+PART_SIZE = 0.3             # a mark 30% of the largest one's size can be part of a digit ...
+DIGIT_HEIGHT = 0.5          # ... a group half as tall as the tallest is another digit ...
+DIGIT_GAP = 0.1             # ... if 10% of the tallest mark's height stands between them
+TOO_FULL = 0.6              # ink on more than 60% of the image: no paper, no digit to find
+EDGE_BAND = 0.5             # a mark along half of one edge of the image ...
+EDGE_DEPTH = 0.25           # ... and no further than 25% from it is the page's edge
+
+
+def shrink(width, height, grey, factor):
+    """Average factor x factor blocks (leftover edge pixels dropped). In 32-bit
+    lanes: add the block's rows, then add each row to itself shifted by 1 ..
+    factor-1 lanes, so lane k * factor holds the sum of block k."""
+    new_width, new_height, area = width // factor, height // factor, factor * factor
+    out = bytearray()
+    for top in range(0, new_height * factor, factor):
+        rows = 0
+        for r in range(top, top + factor):
+            rows += byte_lanes(grey[r * width:r * width + new_width * factor], 32)
+        blocks = sum(rows >> 32 * k for k in range(factor))
+        sums = array.array(LANE32, blocks.to_bytes(4 * new_width * factor, "little"))
+        if sys.byteorder == "big":
+            sums.byteswap()
+        out += bytes((s + area // 2) // area for s in sums[0::factor])
+    return new_width, new_height, bytes(out)
+
+
+def working_copy(width, height, grey):
+    """The image at most WORK_PIXELS large, shrunk by a whole factor."""
+    factor = 1
+    while (width // factor) * (height // factor) > WORK_PIXELS:
+        factor += 1
+    if factor == 1:
+        return width, height, bytes(grey)
+    return shrink(width, height, grey, factor)
+
+
+def median(values):
+    ordered = sorted(values)
+    return ordered[len(ordered) // 2]
+
+
+def border_level(width, height, grey):
+    """The median grey of the image's outermost pixels: the paper, usually."""
+    return median(grey[:width] + grey[-width:] + grey[0::width] + grey[width - 1::width])
+
+
+def cell_means(width, height, grey, cell):
+    """The mean grey of each cell x cell block (edge blocks smaller), as rows."""
+    grid = []
+    for top in range(0, height, cell):
+        bottom = min(height, top + cell)
+        sums = [0] * len(range(0, width, cell))
+        for r in range(top, bottom):
+            line = grey[r * width:(r + 1) * width]
+            for k, left in enumerate(range(0, width, cell)):
+                sums[k] += sum(line[left:left + cell])
+        grid.append([s / ((bottom - top) * min(cell, width - left))
+                     for s, left in zip(sums, range(0, width, cell))])
+    return grid
+
+
+def slide(values, reach, pick):
+    """pick (max, min or median) of every window of 2 * reach + 1 neighbours;
+    the result is 2 * reach shorter than values."""
+    size = 2 * reach + 1
+    return [pick(values[k:k + size]) for k in range(len(values) - size + 1)]
+
+
+def extend(values, by):
+    return [values[0]] * by + list(values) + [values[-1]] * by
+
+
+def filter_2d(grid, reach, pick, pad):
+    """pick (max, min or median) over every square window of 2 * reach + 1
+    cells, along rows then along columns (a square window's max is the max
+    along rows of the max along columns; for the median it is close), the
+    edges first extended by repeating them `pad` times (the result is
+    2 * (pad - reach) cells larger)."""
+    rows = [slide(extend(row, pad), reach, pick) for row in grid]
+    columns = [slide(extend(column, pad), reach, pick) for column in zip(*rows)]
+    return [list(row) for row in zip(*columns)]
+
+
+def closing(grid, reach):
+    """Morphological closing: the largest level in every (2 reach + 1)-square
+    window, then the smallest of those maxima over every window again. A
+    dark mark narrower than the window is filled with the level around it;
+    wider dark areas and gradual change are kept as they are: for dark ink,
+    what is left is the paper. The edges are extended by repeating them, so
+    that light falling off towards an edge is followed, and a dark band along
+    an edge (a table beyond the page) counts as wide: as paper, not ink."""
+    return filter_2d(filter_2d(grid, reach, max, 2 * reach), reach, min, 0)
+
+
+def interpolation(count, cell, cells):
+    """For each of `count` pixels: (cell k, fraction f) to interpolate between
+    the centres of cells k and k + 1 (cell centres at (k + 0.5) * cell)."""
+    table = []
+    for x in range(count):
+        u = min(max((x + 0.5) / cell - 0.5, 0.0), cells - 1.0)
+        k = min(int(u), max(cells - 2, 0))
+        table.append((k, u - k))
+    return table
+
+
+def upsample(grid, cell, width, height):
+    """The grid's levels at every pixel, interpolated linearly between cell
+    centres (bilinear): a flat list of width * height floats."""
+    across, down = interpolation(width, cell, len(grid[0])), interpolation(height, cell, len(grid))
+    wide = [[row[k] + (row[min(k + 1, len(row) - 1)] - row[k]) * f for k, f in across]
+            for row in grid]
+    out = []
+    for k, f in down:
+        upper, lower = wide[k], wide[min(k + 1, len(wide) - 1)]
+        out += [a + (b - a) * f for a, b in zip(upper, lower)]
+    return out
+
+
+def ink_is_dark(width, height, grey, cell):
+    """Dark ink on light paper, or light on dark (MNIST, a blackboard)? A
+    clearly light or dark border says so. A grey one (a dim photo) is decided
+    by which departs more from the local median (the typical level around a
+    cell, found along rows then along columns): darker marks or lighter ones.
+    Ink is the minority wherever it is, so the median is the paper's level.
+    Uneven light and thick strokes blur the count, and dim photos of paper
+    are far more common than grey blackboards: light ink must win by 2 to 1."""
+    level = border_level(width, height, grey)
+    if level >= 160 or level < 64:
+        return level > 127
+    grid = cell_means(width, height, grey, cell)
+    reach = max(1, round(PAPER_REACH * min(len(grid), len(grid[0]))))
+    typical = filter_2d(grid, reach, median, reach)
+    dark = light = 0.0
+    for row, around in zip(grid, typical):
+        for level, local in zip(row, around):
+            dark += max(0.0, local - level - 2)         # 2: more than noise
+            light += max(0.0, level - local - 2)
+    return 2 * dark >= light
+
+
+def paper_levels(width, height, grey):
+    """The paper's level around every pixel, for dark ink (invert light ink
+    first): the closing of the grid of cell means, then the smallest level of
+    each cell and its 8 neighbours (so that the dark side of a sharp edge,
+    a shadow's or the page's, gets its own level and not its neighbour's),
+    interpolated to every pixel: a flat list. If that is within FLAT_LEVEL of
+    the border's level nearly everywhere (a drawing, an even scan), the paper
+    is that one level for all pixels: a number."""
+    cell = max(1, min(width, height) // GRID_CELLS)
+    grid = cell_means(width, height, grey, cell)
+    reach = max(1, round(PAPER_REACH * min(len(grid), len(grid[0]))))
+    paper = filter_2d(closing(grid, reach), 1, min, 1)
+    level = border_level(width, height, grey)
+    near = sum(abs(v - level) <= FLAT_LEVEL * max(level, 1) for row in paper for v in row)
+    if near >= FLAT_SHARE * len(paper) * len(paper[0]):
+        return level
+    return upsample(paper, cell, width, height)
+
+
+def contrast_of(grey, paper):
+    """Ink as a fraction of the paper's light: (P - grey) / P, 0 on paper,
+    1 for black ink; negative where it is lighter than the paper. P counts
+    as at least DIM_PAPER of the typical paper: an area darker than that is
+    not lit paper but a table or a deep shadow, and dividing by its small
+    level would blow its noise up into ink."""
+    if not isinstance(paper, list):
+        scale = 1.0 / max(paper, 1)
+        return [(paper - g) * scale for g in grey]
+    lowest = max(1.0, DIM_PAPER * median(paper[::max(1, len(paper) // 20000)]))
+    return [(p - g) / (p if p > lowest else lowest) for p, g in zip(paper, grey)]
+
+
+def noise_of(contrast):
+    """The paper's noise, as a standard deviation of contrast: from the
+    differences between neighbours, which are noise alone wherever the image
+    is even -- on paper and inside strokes alike, so ink, even lots of it,
+    does not count. For Gaussian noise of deviation s, the difference of two
+    pixels has deviation s * sqrt(2), and its median absolute value is 0.6745
+    of that."""
+    step = max(1, len(contrast) // 20000)
+    differences = [abs(contrast[k + 1] - contrast[k]) for k in range(0, len(contrast) - 1, step)]
+    return median(differences) / (0.6745 * math.sqrt(2)) if differences else 0.0
+
+
+@dataclasses.dataclass(eq=False)
+class Mark:
+    """A connected group of inked cells (8-neighbours) of the marks grid."""
+    cells: list
+    left: int       # the box around it, in cells; right and bottom excluded
+    top: int
+    right: int
+    bottom: int
+
+    def size(self):
+        return max(self.right - self.left, self.bottom - self.top)
+
+
+def marked_cells(width, height, inked, cell):
+    """The grid of cells (cell x cell pixels) holding at least one inked pixel."""
+    columns = (width + cell - 1) // cell
+    grid = bytearray(columns * ((height + cell - 1) // cell))
+    for r in range(height):
+        line = inked[r * width:(r + 1) * width]
+        base = (r // cell) * columns
+        for k in range(columns):
+            if not grid[base + k] and 1 in line[k * cell:(k + 1) * cell]:
+                grid[base + k] = 1
+    return columns, grid
+
+
+def find_marks(columns, grid):
+    """The connected groups of marked cells, largest first."""
+    seen, marks = bytearray(len(grid)), []
+    rows = len(grid) // columns
+    for start in range(len(grid)):
+        if not grid[start] or seen[start]:
+            continue
+        seen[start], stack, cells = 1, [start], []
+        while stack:
+            k = stack.pop()
+            cells.append(k)
+            y, x = divmod(k, columns)
+            for yy in (y - 1, y, y + 1):
+                for xx in (x - 1, x, x + 1):
+                    n = yy * columns + xx
+                    if 0 <= yy < rows and 0 <= xx < columns and grid[n] and not seen[n]:
+                        seen[n] = 1
+                        stack.append(n)
+        ys = [k // columns for k in cells]
+        xs = [k % columns for k in cells]
+        marks.append(Mark(cells, min(xs), min(ys), max(xs) + 1, max(ys) + 1))
+    return sorted(marks, key=lambda mark: -len(mark.cells))
+
+
+def edge_along(mark, columns, rows):
+    """The edge of the image (left, right, top, bottom) that a mark runs
+    along for at least EDGE_BAND of its length while staying within
+    EDGE_DEPTH of it, or None: a page's edge or a shadow's, not a digit (a
+    tightly cropped 7 runs along the top edge too, but reaches far below it)."""
+    cells = [divmod(k, columns) for k in mark.cells]
+    wide, tall = mark.right - mark.left, mark.bottom - mark.top
+    along = (("left", {y for y, x in cells if x == 0}, rows, wide, columns),
+             ("right", {y for y, x in cells if x == columns - 1}, rows, wide, columns),
+             ("top", {x for y, x in cells if y == 0}, columns, tall, rows),
+             ("bottom", {x for y, x in cells if y == rows - 1}, columns, tall, rows))
+    for side, touching, length, depth, across in along:
+        if len(touching) >= EDGE_BAND * length and depth <= EDGE_DEPTH * across:
+            return side
+    return None
+
+
+def side_by_side(marks, gap):
+    """Marks grouped by their column ranges, left to right: a mark joins the
+    group before it if it starts less than `gap` columns after that group
+    ends. A digit's strokes overlap in columns, or nearly, even where they do
+    not touch (the bar of a 5, an open 4); two digits side by side leave a
+    gap. Each group is [left, right, top, bottom, marks]."""
+    groups = []
+    for mark in sorted(marks, key=lambda m: m.left):
+        if groups and mark.left < groups[-1][1] + gap:
+            group = groups[-1]
+            group[1:4] = max(group[1], mark.right), min(group[2], mark.top), max(group[3], mark.bottom)
+            group[4].append(mark)
+        else:
+            groups.append([mark.left, mark.right, mark.top, mark.bottom, [mark]])
+    return groups
+
+
+def inside(mark, box, margin):
+    left, right, top, bottom = box
+    return (mark.left >= left - margin and mark.right <= right + margin and
+            mark.top >= top - margin and mark.bottom <= bottom + margin)
+
+
+def choose_digit(marks, columns, rows, cell, short_side):
+    """(the marks that make the digit, [warnings]); raises MnistError when
+    there is no digit to read: no ink, only a speck, only page edges.
+      - a mark along an image edge is the page's or a shadow's edge: ignored;
+      - the largest mark smaller than SPECK_SIZE of the image: only a speck;
+      - marks at least PART_SIZE of the largest are grouped by columns
+        (side_by_side); groups at least DIGIT_HEIGHT of the tallest are
+        digits: if there are several, the one with the most ink is read, with
+        a warning;
+      - small marks inside the digit's box are part of it (a dot, a broken
+        stroke), and so are those of more than one cell within 10% of it;
+        all others are dropped before cropping, so a speck in a corner does
+        not shrink the digit."""
+    if not marks:
+        raise MnistError("no ink found in the image (no marks stand out from the paper around them)")
+    notes, edges = [], [edge_along(mark, columns, rows) for mark in marks]
+    for side in sorted(set(edges) - {None}):
+        notes.append("ignored a dark band along the %s edge (the page's edge or a shadow)" % side)
+    marks = [mark for mark, edge in zip(marks, edges) if edge is None]
+    if not marks:
+        raise MnistError("no digit found: the only ink is along the image's edges")
+    largest = max(mark.size() for mark in marks)
+    if largest * cell < max(3, SPECK_SIZE * short_side):
+        raise MnistError("no digit found: the only ink is a speck, far too small for a digit "
+                         "(under %d%% of the image's size)" % round(100 * SPECK_SIZE))
+    parts = [mark for mark in marks if mark.size() >= PART_SIZE * largest]
+    groups = side_by_side(parts, DIGIT_GAP * max(mark.bottom - mark.top for mark in parts))
+    tallest = max(group[3] - group[2] for group in groups)
+    digits = [group for group in groups if group[3] - group[2] >= DIGIT_HEIGHT * tallest]
+    left, right, top, bottom, kept = max(digits, key=lambda g: sum(len(mark.cells) for mark in g[4]))
+    if len(digits) > 1:
+        notes.append("found %d digits side by side; reading the one with the most ink (crop the "
+                     "image to one digit to choose)" % len(digits))
+    box, margin = (left, right, top, bottom), max(1, round(0.1 * max(right - left, bottom - top)))
+    others = [mark for mark in marks if mark not in kept]
+    near = [mark for mark in others if mark.size() < PART_SIZE * largest and
+            (inside(mark, box, 0) or len(mark.cells) > 1 and inside(mark, box, margin))]
+    stray = [mark for mark in others if mark not in near and mark.size() * cell >= STRAY_SIZE *
+             short_side and not any(mark in group[4] for group in digits)]
+    if stray:
+        notes.append("ignored %d small mark%s away from the digit"
+                     % (len(stray), "" if len(stray) == 1 else "s"))
+    return kept + near, notes
 
 
 def ink_box(width, height, ink, threshold=40):
@@ -2987,24 +3586,64 @@ def centre_by_mass(image, width, height):
     return bytes(out)
 
 
-def prepare_digit(width, height, luminance):
-    """A photo or drawing of a digit as a 28x28 MNIST image (784 bytes, ink = 255).
+NEGATIVE = bytes(range(255, -1, -1))          # bytes.translate table: v -> 255 - v
+
+
+def digit_ink(width, height, grey):
+    """(ink 0..255 per pixel, inked: 1 where it is a mark, 0 elsewhere, and
+    whether the paper is noisy) of a working copy, its paper taken out.
+    Raises MnistError if ink covers most of the image."""
+    if not ink_is_dark(width, height, grey, max(1, min(width, height) // GRID_CELLS)):
+        grey = grey.translate(NEGATIVE)
+    contrast = contrast_of(grey, paper_levels(width, height, grey))
+    noise = noise_of(contrast)
+    floor = NOISE_FLOOR * noise
+    threshold = max(floor + MARK_LEVEL * (max(contrast) - floor), MARK_NOISE * noise, MARK_MINIMUM)
+    inked = bytearray(c >= threshold for c in contrast)
+    share = inked.count(1) / len(inked)
+    if share > TOO_FULL:
+        raise MnistError("no digit found: ink covers %d%% of the image, so there is no paper "
+                         "around a digit" % round(100 * share))
+    return [max(0.0, c - floor) * 255.0 for c in contrast], inked, noise > 0
+
+
+def erase(ink, inked, width, height, columns, cell, cells):
+    """Take the ink out of the given cells of the marks grid."""
+    for k in cells:
+        y, x = divmod(k, columns)
+        left, right = x * cell, min(width, (x + 1) * cell)
+        for r in range(y * cell, min(height, (y + 1) * cell)):
+            ink[r * width + left:r * width + right] = [0.0] * (right - left)
+            inked[r * width + left:r * width + right] = bytes(right - left)
+
+
+def prepare_digit_with_notes(width, height, luminance):
+    """(a photo or drawing of a digit as a 28x28 MNIST image: 784 bytes,
+    ink = 255; [warnings about it]). Raises MnistError when there is no
+    digit to read (no ink, only a speck, ink everywhere).
 
     MNIST's digits were prepared this way, and the network only knows digits
     prepared this way:
-      1. ink is bright: a light background (judged by the border) is inverted,
-         and the background's own level is subtracted;
-      2. crop to the ink's bounding box;
+      1. ink is bright on dark: each pixel's ink is the share of the light
+         of the paper around it that it takes away, (P - grey) / P (light
+         ink on dark paper is made dark on light first; digit_ink);
+      2. crop to the digit's ink, specks and other marks left out (choose_digit);
       3. scale so the longer side is 20 pixels, keeping the aspect ratio
          (each new pixel averages the area it covers: grey edges, as in MNIST),
          then stretch the levels so the darkest ink is 255 again (a thin pen
          on a big page would otherwise fade to grey);
       4. place it in 28x28 with its centre of mass at the centre."""
-    ink = to_ink(width, height, luminance)
-    box = ink_box(width, height, ink)
-    if box is None:
-        return bytes(N_PIXELS)
-    left, top, right, bottom = box
+    width, height, grey = working_copy(width, height, luminance)
+    ink, inked, noisy = digit_ink(width, height, grey)
+    cell = max(1, -(-max(width, height) // MARK_CELLS))
+    columns, grid = marked_cells(width, height, inked, cell)
+    marks = find_marks(columns, grid)
+    candidates = [mark for mark in marks if len(mark.cells) > 1 or not noisy]  # lone: noise
+    kept, notes = choose_digit(candidates, columns, len(grid) // columns, cell, min(width, height))
+    keep = {k for mark in kept for k in mark.cells}
+    erase(ink, inked, width, height, columns, cell,
+          {k for mark in marks for k in mark.cells} - keep)
+    left, top, right, bottom = ink_box(width, height, inked, threshold=1)
     w, h = right - left, bottom - top
     crop = [ink[r * width + c] for r in range(top, bottom) for c in range(left, right)]
     scale = 20.0 / max(w, h)
@@ -3012,20 +3651,784 @@ def prepare_digit(width, height, luminance):
     scaled = resample(crop, w, h, new_w, new_h)
     peak = max(max(row) for row in scaled) or 1.0
     scaled = [[v * 255.0 / peak for v in row] for row in scaled]
-    return centre_by_mass(scaled, new_w, new_h)
+    return centre_by_mass(scaled, new_w, new_h), notes
+
+
+def prepare_digit(width, height, luminance):
+    """The 784-byte MNIST image of prepare_digit_with_notes; all zero (blank)
+    when there is no digit to read."""
+    try:
+        return prepare_digit_with_notes(width, height, luminance)[0]
+    except MnistError:
+        return bytes(N_PIXELS)
 
 
 def read_digit(path):
-    """An image file, read and prepared as MNIST's digits were: 784 bytes that
-    net.predict reads. MnistError if it cannot be read or shows no ink."""
-    image = prepare_digit(*read_image(path))
-    if not any(image):
-        raise MnistError("%s: no ink found in the image" % path)
-    return image
+    """An image file, read and prepared as MNIST's digits were, and what the
+    preparation noticed: (784 bytes that net.predict reads, [warnings]).
+    MnistError if it cannot be read, or holds no digit to read."""
+    width, height, grey = read_image(path)
+    try:
+        return prepare_digit_with_notes(width, height, grey)
+    except MnistError as e:                 # no digit to read: say which image
+        raise MnistError("%s: %s" % (path, e))
 
 
 # =============================================================================
-# 20. Command line
+# 20. A page to draw on: the network reads your digit as you draw
+# =============================================================================
+# `python mnist_pure.py serve` runs a small web server (the standard library's
+# http.server) with one page and one API. Each side does what it does best:
+#   - the browser draws (mouse, finger or pen) and decodes photos in any format
+#     it knows (JPEG, HEIC, WebP ...), then sends the pixels as a PNG;
+#   - this program reads that PNG, prepares it exactly as `predict` does
+#     (section 19: the same functions), runs the network, and answers with the
+#     guess, the ten probabilities, the 28x28 image the network saw and the
+#     hidden units' activity, which the page draws.
+#
+#     GET  /              the page (HTML, CSS and JavaScript, all below: no
+#                         file is ever served, nothing is fetched from elsewhere)
+#     GET  /api/model     {"architecture": "784-128-10", "layers": [...], ...}
+#     POST /api/predict   body: an image file (PNG or PGM/PBM/PPM), answer:
+#                         {"guess", "probabilities", "image", "hidden", "warnings"}
+#     anything else       {"error": "..."} with a 4xx status
+#
+# Every request is read within limits: the body's declared length is checked
+# before a byte of it is read, a client gets SERVE_TIMEOUT seconds of silence
+# at most, and at most PREPARE_AT_ONCE images are decoded at a time (a large
+# image's decoded pixels take memory).
+
+SERVE_MAX_BODY = 8 << 20      # bytes: a drawing is ~5 KiB, a photo the page scaled ~100 KiB
+SERVE_TIMEOUT = 20            # seconds a client may stay silent in the middle of a request
+PREPARE_AT_ONCE = 2           # images decoded at once; other requests wait their turn
+UPLOAD_NAME = "upload"        # what error messages call the request's image
+
+
+def network_answer(network, image):
+    """(p, hidden) for a 784-byte MNIST-style image: the ten probabilities, and
+    each hidden layer's activity as a dense list, one list per hidden layer
+    (the forward pass keeps only the live units; the rest are 0)."""
+    acts = network.forward(image)
+    return acts.p, [dense_from(h, n) for h, n in zip(acts.inputs[1:], network.sizes[1:-1])]
+
+
+def digit_answer(network, content):
+    """POST /api/predict's answer for an uploaded image file's content: the
+    same reading and preparation as `predict`, then the network's answer."""
+    try:
+        image, warnings = prepare_digit_with_notes(*decode_image(UPLOAD_NAME, content))
+    except MnistError as e:
+        if str(e).startswith(UPLOAD_NAME + ":"):      # the file itself could not be read
+            raise
+        image, warnings = bytes(N_PIXELS), [str(e)]   # readable, but no digit to read
+    p, hidden = network_answer(network, image)
+    inked = any(image)
+    return {"guess": argmax(p) if inked else None,      # no digit, no guess
+            "probabilities": p,
+            "image": list(image),
+            "hidden": [[round(value, 4) for value in layer] for layer in hidden],
+            "warnings": warnings}
+
+
+def metadata_number(metadata, key, kind):
+    """A model file's metadata value (text) as a kind (int or float), or None
+    where it is missing or not such a number: any tool may have written it."""
+    try:
+        value = float(metadata.get(key, ""))
+    except ValueError:
+        return None
+    if not math.isfinite(value) or (kind is int and not value.is_integer()):
+        return None
+    return kind(value)
+
+
+def model_description(network, metadata):
+    """GET /api/model's answer. The layer sizes are found by asking the
+    network (through network_answer), so they are right for any architecture."""
+    p, hidden = network_answer(network, bytes(N_PIXELS))
+    layers = [N_PIXELS] + [len(layer) for layer in hidden] + [len(p)]
+    return {"architecture": "-".join(map(str, layers)),
+            "layers": layers,
+            "test_accuracy": metadata_number(metadata, "test_accuracy", float),
+            "epochs": metadata_number(metadata, "epochs", int),
+            "training_images": metadata_number(metadata, "training_images", int)}
+
+
+def printable(text):
+    """text with control characters escaped: request lines come from anyone,
+    and a log line must not move the cursor or ring the terminal's bell."""
+    return "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii")
+                   for c in text)
+
+
+# The page: HTML, CSS and JavaScript in one string, served as it is. Its
+# script draws, sends the drawing as a PNG (at most one request in flight, one
+# every 150 ms while drawing), and draws the answer: bars, the 28x28 image the
+# network saw, and one picture per hidden layer, whatever their number and size.
+PAGE = r"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<title>mnist_pure: draw a digit</title>
+<link rel="icon" href="data:,">
+<style>
+:root { --ink: #1d2330; --muted: #5b6475; --paper: #f3f4f7; --card: #fff; --line: #d9dde5;
+        --accent: #2f6fde; --accent-soft: #dbe6fb; --bar: #a9bde3; --warn: #a4370f; }
+* { box-sizing: border-box; }
+body { margin: 0; font: 16px/1.45 system-ui, -apple-system, "Segoe UI", Roboto, sans-serif;
+       color: var(--ink); background: var(--paper); }
+header, main, footer { max-width: 980px; margin: 0 auto; padding: 0 16px; }
+header { padding-top: 18px; }
+h1 { font-size: 1.5rem; margin: 0; }
+header p { margin: 2px 0 0; color: var(--muted); }
+main { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px; margin-top: 14px; }
+@media (max-width: 720px) { main { grid-template-columns: minmax(0, 1fr); } }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 16px; }
+h2 { font-size: 1rem; margin: 0 0 10px; }
+#pad { display: block; width: 100%; max-width: 420px; aspect-ratio: 1 / 1; margin: 0 auto;
+       background: #fff; border: 2px dashed var(--line); border-radius: 8px;
+       touch-action: none; cursor: crosshair; }
+.dropping #pad { border-color: var(--accent); background: var(--accent-soft); }
+.tools { display: flex; flex-wrap: wrap; gap: 8px; align-items: center; justify-content: center;
+         margin-top: 12px; }
+button { font: inherit; min-height: 40px; padding: 6px 14px; border: 1px solid var(--line);
+         border-radius: 8px; background: #fff; color: var(--ink); cursor: pointer; }
+button:hover { border-color: var(--accent); }
+button:focus-visible, input:focus-visible { outline: 3px solid var(--accent); outline-offset: 2px; }
+.pen { display: flex; align-items: center; gap: 6px; color: var(--muted); }
+.pen input { width: 110px; }
+.hint { margin: 10px 0 0; text-align: center; color: var(--muted); font-size: .9rem; }
+.answer { display: flex; align-items: baseline; gap: 14px; }
+#guess { font-size: 4rem; font-weight: 700; line-height: 1; min-width: 1ch; }
+#confidence { color: var(--muted); }
+#status { min-height: 1.4em; margin: 6px 0 0; color: var(--warn); font-size: .9rem; }
+.bars { list-style: none; margin: 8px 0 0; padding: 0; }
+.bars li { display: grid; grid-template-columns: 1.2em 1fr 3.8em; gap: 8px; align-items: center;
+           height: 22px; }
+.bars .track { height: 14px; border-radius: 4px; background: var(--paper); overflow: hidden; }
+.bars .fill { display: block; height: 100%; width: 0; background: var(--bar); }
+.bars li.top { font-weight: 700; }
+.bars li.top .fill { background: var(--accent); }
+.bars .pct { text-align: right; color: var(--muted); font-size: .85rem;
+             font-variant-numeric: tabular-nums; }
+.inside { display: flex; flex-wrap: wrap; gap: 12px; margin-top: 16px; }
+#layers { display: contents; }
+figure { margin: 0; }
+figcaption { max-width: 140px; margin-top: 4px; color: var(--muted); font-size: .8rem; }
+#seen, .layer { width: 140px; background: #000; border-radius: 4px; image-rendering: pixelated; }
+#seen { height: 140px; }
+footer { padding-top: 14px; padding-bottom: 24px; color: var(--muted); font-size: .85rem; }
+.visually-hidden { position: absolute; width: 1px; height: 1px; overflow: hidden;
+                   clip: rect(0 0 0 0); white-space: nowrap; }
+</style>
+</head>
+<body>
+<header>
+  <h1>Draw a digit</h1>
+  <p id="model">A neural network in pure Python reads it as you draw.</p>
+</header>
+<main>
+  <section class="card" id="drawing" aria-labelledby="drawing-title">
+    <h2 id="drawing-title">Your digit</h2>
+    <canvas id="pad" role="img"
+            aria-label="Drawing area: draw one digit, 0 to 9, with a mouse, finger or pen, or drop a photo of one here"></canvas>
+    <div class="tools">
+      <button type="button" id="undo" aria-label="Undo the last stroke">Undo</button>
+      <button type="button" id="clear" aria-label="Clear the drawing">Clear</button>
+      <button type="button" id="photo" aria-label="Read a digit from a photo or an image file">Photo&hellip;</button>
+      <label class="pen" for="pen">Pen <input type="range" id="pen" min="6" max="40" value="24"
+             aria-label="Pen width"></label>
+      <input type="file" id="file" accept="image/*" class="visually-hidden" tabindex="-1" aria-hidden="true">
+    </div>
+    <p class="hint">One digit, about as large as the box. Or drop a photo of one here.</p>
+  </section>
+  <section class="card" aria-labelledby="answer-title">
+    <h2 id="answer-title">What the network reads</h2>
+    <div class="answer">
+      <output id="guess" aria-live="polite" aria-label="The network's guess">?</output>
+      <span id="confidence">draw a digit</span>
+    </div>
+    <p id="status" role="status"></p>
+    <ol class="bars" id="bars" aria-label="How sure the network is of each digit"></ol>
+    <div class="inside">
+      <figure>
+        <canvas id="seen" width="28" height="28" role="img"
+                aria-label="The 28 by 28 image the network saw"></canvas>
+        <figcaption>What it saw: your digit prepared as MNIST's were, 28&times;28</figcaption>
+      </figure>
+      <div id="layers"></div>
+    </div>
+  </section>
+</main>
+<footer>
+  Your drawing goes to this program only (<code>POST /api/predict</code>, as a PNG); it prepares
+  it with the same code as <code>mnist_pure.py predict</code> and answers with the guess, the ten
+  probabilities, the image above and the hidden units' activity (brighter: more active).
+</footer>
+<script>
+"use strict";
+const SEND_SIDE = 140;      // drawings go as 140x140 PNGs: 5x MNIST's side, quick to decode
+const PHOTO_SIDE = 280;     // photos get more: their digit may fill less of the frame
+const THROTTLE_MS = 150;    // while drawing, at most one request this often
+const PEN_SCALE = 280;      // the pen slider counts pixels of a 280-pixel pad
+const LAYER_WIDTH = 140;    // CSS pixels of each hidden layer's picture
+
+const pad = document.getElementById("pad");
+const pen = document.getElementById("pen");
+const fileInput = document.getElementById("file");
+const drawing = document.getElementById("drawing");
+const guessBox = document.getElementById("guess");
+const confidence = document.getElementById("confidence");
+const statusLine = document.getElementById("status");
+const seen = document.getElementById("seen");
+const layersBox = document.getElementById("layers");
+
+// What the page knows; with ?test=1 in the address, tests read it as window.mnistState.
+// drawingVersion counts changes to the drawing; answeredVersion is the version
+// the answer on show belongs to: equal (and not busy) means the page is settled.
+const state = { drawingVersion: 0, answeredVersion: 0, busy: false, requests: 0,
+                guess: null, probabilities: null, image: null, hidden: null,
+                warnings: [], error: null };
+if (new URLSearchParams(location.search).has("test")) window.mnistState = state;
+
+let strokes = [];           // each {width, points: [[x, y], ...]}, in units of the pad's side
+let photo = null;           // an ImageBitmap or <img>, drawn under the strokes
+let activePointer = null;   // the pointer drawing now (a second finger is ignored)
+let timer = null;           // the next request, when one is scheduled
+let lastSent = -Infinity;   // when the last request left (performance.now())
+let emptiedAt = 0;          // the drawing's version when the pad was last emptied
+
+function isEmpty() {
+  return strokes.length === 0 && photo === null;
+}
+
+// The drawing, painted on a square canvas context of `side` pixels: white paper,
+// the photo if any (scaled to fit), black strokes. The same function paints the
+// pad on screen and the PNG sent to the server.
+function paint(context, side) {
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, side, side);
+  if (photo) {
+    const scale = Math.min(side / photo.width, side / photo.height);
+    const w = photo.width * scale, h = photo.height * scale;
+    context.drawImage(photo, (side - w) / 2, (side - h) / 2, w, h);
+  }
+  context.fillStyle = context.strokeStyle = "#000";
+  context.lineCap = context.lineJoin = "round";
+  for (const stroke of strokes) {
+    const [x0, y0] = stroke.points[0];
+    if (stroke.points.length === 1) {     // a dot: a path of one point draws nothing
+      context.beginPath();
+      context.arc(x0 * side, y0 * side, stroke.width * side / 2, 0, 2 * Math.PI);
+      context.fill();
+      continue;
+    }
+    context.lineWidth = stroke.width * side;
+    context.beginPath();
+    context.moveTo(x0 * side, y0 * side);
+    for (const [x, y] of stroke.points.slice(1)) context.lineTo(x * side, y * side);
+    context.stroke();
+  }
+}
+
+function redraw() {
+  paint(pad.getContext("2d"), pad.width);
+}
+
+// The pad's pixels follow its size on screen (times the screen's density), so
+// strokes stay sharp on a phone and on a large monitor alike.
+function fitPad() {
+  const side = Math.max(1, Math.round(pad.clientWidth * (window.devicePixelRatio || 1)));
+  if (pad.width !== side) pad.width = pad.height = side;
+  redraw();
+}
+
+function drawingAsPng() {
+  const side = photo ? PHOTO_SIDE : SEND_SIDE;
+  const canvas = document.createElement("canvas");
+  canvas.width = canvas.height = side;
+  paint(canvas.getContext("2d"), side);
+  return new Promise((resolve, reject) => canvas.toBlob(
+    (blob) => blob ? resolve(blob) : reject(new Error("the browser could not make a PNG")),
+    "image/png"));
+}
+
+// Every change to the drawing comes here: repaint, then ask the server (soon).
+function drawingChanged() {
+  redraw();
+  state.drawingVersion += 1;
+  if (isEmpty()) {
+    showNothing();
+    emptiedAt = state.answeredVersion = state.drawingVersion;
+    return;
+  }
+  scheduleSend();
+}
+
+// At most one request in flight, and at most one every THROTTLE_MS: the
+// answer's arrival schedules the next request if the drawing changed meanwhile.
+function scheduleSend() {
+  if (state.busy || timer !== null) return;
+  const wait = Math.max(0, lastSent + THROTTLE_MS - performance.now());
+  timer = setTimeout(send, wait);
+}
+
+async function send() {
+  timer = null;
+  if (isEmpty()) return;
+  const version = state.drawingVersion;
+  const stale = () => version < emptiedAt;    // the pad was cleared since: drop the answer
+  state.busy = true;
+  state.requests += 1;
+  lastSent = performance.now();
+  try {
+    const body = await drawingAsPng();
+    const response = await fetch("/api/predict",
+                                 { method: "POST", headers: { "Content-Type": "image/png" }, body });
+    const answer = await response.json();
+    if (!response.ok) throw new Error(answer.error || "the server answered " + response.status);
+    if (!stale()) show(answer);
+    state.error = null;
+  } catch (error) {
+    const message = error instanceof TypeError ? "the server does not answer: is it still running?"
+                                               : error.message;
+    state.error = message;
+    if (!stale()) statusLine.textContent = message;
+  } finally {
+    state.busy = false;
+    if (!stale()) state.answeredVersion = version;
+    if (!isEmpty() && state.answeredVersion !== state.drawingVersion) scheduleSend();
+  }
+}
+
+// The ten bars, made once: digit, bar, percentage.
+const bars = [];
+for (let digit = 0; digit < 10; digit++) {
+  const row = document.createElement("li");
+  const label = document.createElement("span");
+  const track = document.createElement("span");
+  const fill = document.createElement("span");
+  const pct = document.createElement("span");
+  label.textContent = digit;
+  track.className = "track";
+  fill.className = "fill";
+  pct.className = "pct";
+  track.append(fill);
+  row.append(label, track, pct);
+  document.getElementById("bars").append(row);
+  bars.push({ row, fill, pct });
+}
+
+function percent(p) {
+  return (100 * p).toFixed(p > 0.999 || p < 0.001 ? 0 : 1) + "%";
+}
+
+function drawBars(probabilities, guess) {
+  bars.forEach((bar, digit) => {
+    const p = probabilities ? probabilities[digit] : 0;
+    bar.fill.style.width = (100 * p).toFixed(1) + "%";
+    bar.pct.textContent = probabilities ? percent(p) : "";
+    bar.row.classList.toggle("top", digit === guess);
+  });
+}
+
+// Grey levels on a small canvas, one pixel per value, scaled up by CSS
+// (image-rendering: pixelated keeps the squares sharp). 0 is black, top is white.
+function drawGrey(canvas, values, top) {
+  const context = canvas.getContext("2d");
+  const picture = context.createImageData(canvas.width, canvas.height);
+  values.forEach((value, i) => {
+    const grey = top > 0 ? Math.round(255 * Math.max(0, value) / top) : 0;
+    picture.data.set([grey, grey, grey, 255], 4 * i);
+  });
+  context.putImageData(picture, 0, 0);
+}
+
+// One picture per hidden layer, however many layers and units there are: the
+// units in a near-square grid, each unit's brightness its activity.
+function drawLayers(hidden) {
+  const shape = hidden.map((layer) => layer.length).join("-");
+  if (layersBox.dataset.shape !== shape) {
+    layersBox.replaceChildren(...hidden.map(layerFigure));
+    layersBox.dataset.shape = shape;
+  }
+  hidden.forEach((layer, k) => {
+    const figure = layersBox.children[k];
+    drawGrey(figure.querySelector("canvas"), layer, layer.reduce((a, b) => Math.max(a, b), 0));
+    const active = layer.filter((value) => value > 0).length;
+    figure.querySelector("figcaption").textContent =
+      "Hidden layer " + (k + 1) + ": " + active + " of " + layer.length + " units active";
+  });
+}
+
+function layerFigure(layer, k) {
+  const columns = Math.ceil(Math.sqrt(layer.length));
+  const rows = Math.ceil(layer.length / columns);
+  const canvas = document.createElement("canvas");
+  canvas.width = columns;
+  canvas.height = rows;
+  canvas.className = "layer";
+  canvas.style.height = (LAYER_WIDTH * rows / columns).toFixed(1) + "px";
+  canvas.setAttribute("role", "img");
+  canvas.setAttribute("aria-label", "Activity of hidden layer " + (k + 1));
+  const figure = document.createElement("figure");
+  figure.append(canvas, document.createElement("figcaption"));
+  return figure;
+}
+
+function show(answer) {
+  Object.assign(state, { guess: answer.guess, probabilities: answer.probabilities,
+                         image: answer.image, hidden: answer.hidden, warnings: answer.warnings });
+  const p = answer.probabilities;
+  guessBox.textContent = answer.guess === null ? "?" : String(answer.guess);
+  confidence.textContent = answer.guess === null ? "" : percent(p[answer.guess]) + " sure";
+  statusLine.textContent = answer.warnings.join("; ");
+  drawBars(answer.guess === null ? null : p, answer.guess);
+  drawGrey(seen, answer.image, 255);
+  drawLayers(answer.hidden);
+}
+
+function showNothing() {
+  Object.assign(state, { guess: null, probabilities: null, image: null, warnings: [], error: null });
+  guessBox.textContent = "?";
+  confidence.textContent = "draw a digit";
+  statusLine.textContent = "";
+  drawBars(null, null);
+  drawGrey(seen, [], 255);
+  for (const figure of layersBox.children) drawGrey(figure.querySelector("canvas"), [], 0);
+}
+
+// Drawing with Pointer Events: one code path for mouse, finger and pen.
+function padPoint(event) {
+  const box = pad.getBoundingClientRect();
+  return [(event.clientX - box.left) / box.width, (event.clientY - box.top) / box.height];
+}
+
+pad.addEventListener("pointerdown", (event) => {
+  if (activePointer !== null || (event.pointerType === "mouse" && event.button !== 0)) return;
+  event.preventDefault();
+  activePointer = event.pointerId;
+  pad.setPointerCapture(event.pointerId);
+  strokes.push({ width: pen.value / PEN_SCALE, points: [padPoint(event)] });
+  drawingChanged();
+});
+
+pad.addEventListener("pointermove", (event) => {
+  if (event.pointerId !== activePointer) return;
+  const points = strokes[strokes.length - 1].points;
+  const coalesced = event.getCoalescedEvents ? event.getCoalescedEvents() : [];
+  for (const each of coalesced.length ? coalesced : [event]) points.push(padPoint(each));
+  drawingChanged();
+});
+
+function endStroke(event) {
+  if (event.pointerId !== activePointer) return;
+  activePointer = null;
+  drawingChanged();
+}
+pad.addEventListener("pointerup", endStroke);
+pad.addEventListener("pointercancel", endStroke);
+
+function undo() {
+  if (strokes.length) strokes.pop();
+  else photo = null;
+  drawingChanged();
+}
+document.getElementById("undo").addEventListener("click", undo);
+document.getElementById("clear").addEventListener("click", () => {
+  strokes = [];
+  photo = null;
+  drawingChanged();
+});
+document.addEventListener("keydown", (event) => {
+  if ((event.ctrlKey || event.metaKey) && event.key === "z") {
+    event.preventDefault();
+    undo();
+  }
+});
+
+// Photos: the browser decodes whatever it can (JPEG, PNG, WebP, HEIC on Apple
+// devices ...); the pixels then travel like a drawing's.
+async function decodePhoto(file) {
+  if (window.createImageBitmap) {
+    try {
+      return await createImageBitmap(file);
+    } catch (error) {
+      // fall through: an <img> reads some formats createImageBitmap does not (SVG)
+    }
+  }
+  return new Promise((resolve, reject) => {
+    const image = new Image();
+    const url = URL.createObjectURL(file);
+    image.onload = () => { URL.revokeObjectURL(url); resolve(image); };
+    image.onerror = () => {
+      URL.revokeObjectURL(url);
+      reject(new Error((file.name || "that file") + ": this browser cannot read it as an image"));
+    };
+    image.src = url;
+  });
+}
+
+async function loadPhoto(file) {
+  try {
+    photo = await decodePhoto(file);
+    strokes = [];
+    drawingChanged();
+  } catch (error) {
+    statusLine.textContent = error.message;
+  }
+}
+
+document.getElementById("photo").addEventListener("click", () => fileInput.click());
+fileInput.addEventListener("change", () => {
+  if (fileInput.files[0]) loadPhoto(fileInput.files[0]);
+  fileInput.value = "";
+});
+drawing.addEventListener("dragover", (event) => {
+  event.preventDefault();
+  drawing.classList.add("dropping");
+});
+drawing.addEventListener("dragleave", () => drawing.classList.remove("dropping"));
+drawing.addEventListener("drop", (event) => {
+  event.preventDefault();
+  drawing.classList.remove("dropping");
+  if (event.dataTransfer.files[0]) loadPhoto(event.dataTransfer.files[0]);
+});
+// A file dropped anywhere else must not make the browser leave the page for it.
+window.addEventListener("dragover", (event) => event.preventDefault());
+window.addEventListener("drop", (event) => event.preventDefault());
+
+// The model's description, for the line under the title.
+fetch("/api/model").then((response) => response.json()).then((model) => {
+  const parts = [model.architecture + " network"];
+  if (model.test_accuracy !== null) parts.push((100 * model.test_accuracy).toFixed(2) + "% on MNIST's test set");
+  if (model.training_images) parts.push("trained on " + model.training_images.toLocaleString("en") + " images");
+  document.getElementById("model").textContent = "A neural network in pure Python reads it as you draw: " + parts.join(", ") + ".";
+}).catch(() => {});
+
+new ResizeObserver(fitPad).observe(pad);
+fitPad();
+showNothing();
+</script>
+</body>
+</html>
+"""
+
+
+# Which methods each path answers; every other path is a 404. There is no
+# file serving at all: "/../../etc/passwd" is just another unknown path.
+SERVE_ROUTES = {"/": ("GET", "HEAD"),
+                "/api/model": ("GET", "HEAD"),
+                "/api/predict": ("POST",)}
+# The page may run its own inline script and style and talk to this server;
+# nothing else (no other site, no plug-in, no framing by another page).
+PAGE_POLICY = ("default-src 'none'; script-src 'unsafe-inline'; style-src 'unsafe-inline'; "
+               "img-src data: blob:; connect-src 'self'; base-uri 'none'; form-action 'none'; "
+               "frame-ancestors 'none'")
+CONTENT_LENGTH = re.compile(r"[0-9]{1,15}")
+
+
+class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
+    """One HTTP request: route it, answer it, and turn every problem into a
+    JSON error with a 4xx status (5xx only for a bug), never a traceback."""
+    timeout = SERVE_TIMEOUT       # a silent client is dropped after this many seconds
+
+    def route(self):
+        """Every method lands here (see the do_ names below)."""
+        path = self.path.split("?", 1)[0]       # "/?test=1" is the page too
+        methods = SERVE_ROUTES.get(path)
+        if methods is None:
+            self.send_error(404, "nothing here: the page is at /, the API at /api/predict "
+                                 "and /api/model")
+        elif self.command not in methods:
+            self.close_connection = True
+            self.send_json(405, {"error": "%s is not allowed on %s (use %s)"
+                                          % (self.command, path, " or ".join(methods))},
+                           [("Allow", ", ".join(methods))])
+        elif path == "/api/predict":
+            self.answer_predict()
+        elif path == "/api/model":
+            self.send_json(200, self.server.model)
+        else:
+            self.send_body(200, "text/html; charset=utf-8", PAGE.encode("utf-8"),
+                           [("Content-Security-Policy", PAGE_POLICY)])
+
+    # http.server calls do_<METHOD>; methods nobody knows (FOO) get its 501.
+    do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = route
+
+    def version_string(self):
+        """The Server header: no Python version, nothing for an attacker to look up."""
+        return "mnist_pure"
+
+    def answer_predict(self):
+        body = self.read_body()
+        if body is None:
+            return
+        try:
+            with self.server.preparing:
+                answer = digit_answer(self.server.network, body)
+        except MnistError as e:
+            self.send_error(400, one_line(str(e)))
+            return
+        except Exception as e:        # a bug: the client still gets an answer, the server goes on
+            self.log_message("error: %s", describe(e))
+            self.send_error(500, "could not read this image (%s)" % describe(e))
+            return
+        self.send_json(200, answer)
+
+    def read_body(self):
+        """The request's body, or None once an error is answered. The declared
+        length is checked before a byte of the body is read: a 50 MB upload
+        is refused at once, and costs neither time nor memory."""
+        lengths = self.headers.get_all("Content-Length") or []
+        if not lengths or "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            self.send_error(411, "send the image as the body, with a Content-Length header")
+            return None
+        if len(set(lengths)) > 1 or not CONTENT_LENGTH.fullmatch(lengths[0].strip()):
+            self.send_error(400, "bad Content-Length header %r" % ", ".join(lengths)[:40])
+            return None
+        length = int(lengths[0])
+        if length > SERVE_MAX_BODY:
+            self.send_error(413, "the body is %s bytes; at most %d MiB is read (scale the "
+                                 "image down)" % (format(length, ","), SERVE_MAX_BODY >> 20))
+            return None
+        if length == 0:
+            self.send_error(400, "empty body: send an image file (%s)" % IMAGE_FORMATS)
+            return None
+        body = self.rfile.read(length)
+        if len(body) < length:
+            self.send_error(400, "the body ended after %d of its %d bytes" % (len(body), length))
+            return None
+        return body
+
+    def send_body(self, status, content_type, body, headers=()):
+        self.send_response(status)
+        for name, value in [("Content-Type", content_type), ("Content-Length", str(len(body))),
+                            ("Cache-Control", "no-store"), ("X-Content-Type-Options", "nosniff"),
+                            ("Referrer-Policy", "no-referrer")] + list(headers):
+            self.send_header(name, value)
+        self.end_headers()
+        if self.command != "HEAD":
+            self.wfile.write(body)
+
+    def send_json(self, status, value, headers=()):
+        self.send_body(status, "application/json", json.dumps(value).encode("utf-8"), headers)
+
+    def send_error(self, code, message=None, explain=None):
+        """Every error as {"error": "..."}, those http.server sends itself too
+        (a malformed request line, too many headers ...). The connection is
+        closed after it: the rest of a refused request is never read."""
+        self.close_connection = True
+        default = self.responses.get(code, ("error",))[0]
+        self.send_json(code, {"error": message or default})
+
+    def log_message(self, template, *args):
+        """One line per request with --verbose; nothing otherwise."""
+        if self.server.log:
+            self.server.log(printable("%s %s" % (self.address_string(), template % args)))
+
+
+class DigitServer(http.server.ThreadingHTTPServer):
+    """The HTTP server of `serve`: one thread per request, the network shared
+    by all (its forward pass only reads the weights)."""
+    daemon_threads = True         # a client that hangs on never keeps the program from exiting
+
+    def __init__(self, address, network, metadata, log=None):
+        self.network = network
+        self.model = model_description(network, metadata)
+        self.log = log            # where --verbose writes; None: silent
+        self.preparing = threading.BoundedSemaphore(PREPARE_AT_ONCE)
+        if ":" in address[0]:     # an IPv6 address, such as ::1
+            self.address_family = socket.AF_INET6
+        super().__init__(address, DigitRequestHandler)
+
+    def server_bind(self):
+        """Bind, without http.server's reverse DNS lookup of the host's name,
+        which can take seconds where DNS is slow and is used for nothing here."""
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request, client_address):
+        """A request that broke off (the client left mid-answer ...): a line with
+        --verbose, no traceback; the server carries on with the next one."""
+        if self.log:
+            self.log("%s: request broke off (%s)" % (client_address[0],
+                                                     printable(describe(sys.exc_info()[1]))))
+
+
+def make_digit_server(network, metadata, host="127.0.0.1", port=0, log=None):
+    """A DigitServer listening on host:port (port 0: any free port), not yet
+    serving: call its serve_forever(), and shutdown() from another thread to stop."""
+    try:
+        return DigitServer((host, port), network, metadata, log)
+    except OSError as e:
+        if e.errno == errno.EADDRINUSE:
+            raise MnistError("port %d is already in use (by another server?); choose another "
+                             "with --port N, or --port 0 for any free port" % port)
+        if e.errno == errno.EACCES:
+            raise MnistError("no permission to listen on port %d (ports below 1024 need root); "
+                             "choose another with --port N" % port)
+        raise MnistError("cannot listen on %s port %d (%s)" % (host, port,
+                                                               e.strerror or describe(e)))
+
+
+def is_loopback(host):
+    """True for the addresses only this machine can reach: 127.x.x.x, ::1, localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:            # a machine's name
+        return False
+
+
+def server_url(host, port):
+    """The address to open in a browser on this machine."""
+    if host in ("", "0.0.0.0", "::"):            # every interface: this machine's is one
+        host = "127.0.0.1"
+    return "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
+
+
+def open_in_browser(url, console):
+    """--open: the page in the user's browser, or a word on how to get there."""
+    try:
+        opened = webbrowser.open(url)
+    except webbrowser.Error:
+        opened = False
+    if not opened:
+        console.note("could not start a browser here; open %s yourself" % url)
+
+
+def serve_digits(network, metadata, console, source="", host="127.0.0.1", port=8000,
+                 open_browser=False, verbose=False):
+    """`serve`: answer the page's requests until Ctrl-C, then close the socket.
+    Returns the exit code: 130, as for any Ctrl-C (see main)."""
+    server = make_digit_server(network, metadata, host, port, console.note if verbose else None)
+    url = server_url(host, server.server_address[1])
+    if not is_loopback(host):
+        console.note("warning: listening on %s: anyone who can reach this machine on port %d "
+                     "can use this server" % (host or "every interface", server.server_address[1]))
+    accuracy = server.model["test_accuracy"]
+    console.say("mnist_pure: serving the %s network%s%s at %s" % (
+        server.model["architecture"], " of %s" % source if source else "",
+        " (test accuracy %.2f%%)" % (100 * accuracy) if accuracy is not None else "", url))
+    console.say("open it in a browser and draw a digit; Ctrl-C stops the server")
+    try:
+        if open_browser:
+            open_in_browser(url, console)
+        server.serve_forever()
+    except KeyboardInterrupt:
+        console.note("interrupted: the server is stopped")
+        return 130
+    finally:
+        server.server_close()
+    return 0
+
+
+# =============================================================================
+# =============================================================================
+# 21. Command line
 # =============================================================================
 
 DEFAULT_MODEL = os.path.join(HERE, "model.safetensors")
@@ -3819,34 +5222,75 @@ def describe_prediction(path, p):
 
 
 def model_or_advice(path):
-    """The model at path; if there is none, MnistError saying how to make one."""
+    """(network, metadata) of the model `predict` and `serve` use; if there is
+    none, MnistError saying how to make one."""
     if not os.path.exists(path):
         raise MnistError("%s: model file not found; train and save one first: "
                          "python mnist_pure.py --max-train 60000 --save" % path)
-    return load_model(path)
+    return read_model(path)
 
 
 def run_predict(args, console):
     """`predict IMAGE...`: the saved model's guess for each image."""
-    network = model_or_advice(args.load)
+    network = make_engine(model_or_advice(args.load)[0], "auto")
     failures = 0
     for path in args.images:
         try:
-            image = read_digit(path)
+            image, warnings = read_digit(path)
         except MnistError as e:
             console.note("error: %s" % one_line(str(e)))
             failures += 1
             continue
+        for warning in warnings:
+            console.note("warning: %s: %s" % (path, warning))
         console.say(describe_prediction(path, network.predict(image)))
         if not args.no_draw:
             console.say("\n".join(render_digit(image, half=False)))
     return 1 if failures else 0
 
 
+def port_number(text):
+    """An argparse type: a TCP port, 0..65535 (0: any free port)."""
+    value = whole_number(0)(text)
+    if value > 65535:
+        raise argparse.ArgumentTypeError("a port is at most 65535, not %d" % value)
+    return value
+
+
+def build_serve_parser():
+    parser = Parser(
+        prog="mnist_pure.py serve", allow_abbrev=False,
+        description="A web page to draw digits on (mouse, finger or pen) or drop photos of "
+                    "digits into, and watch a saved model read them as you draw; also an "
+                    "HTTP API: POST an image file to /api/predict.",
+        epilog="example: python mnist_pure.py --max-train 60000 --save && "
+               "python mnist_pure.py serve --open")
+    parser.add_argument("--load", default=DEFAULT_MODEL, metavar="PATH",
+                        help="the model to use (default: model.safetensors beside this script)")
+    parser.add_argument("--host", default="127.0.0.1",
+                        help="the address to listen on (default 127.0.0.1: this machine only; "
+                             "0.0.0.0: every machine that can reach this one)")
+    parser.add_argument("--port", type=port_number, default=8000,
+                        help="the port to listen on (default 8000; 0: any free port)")
+    parser.add_argument("--open", action="store_true", help="open the page in a browser")
+    parser.add_argument("--verbose", action="store_true", help="log one line per request")
+    return parser
+
+
+def run_serve(args, console):
+    """`serve`: the drawing page and its API, until Ctrl-C (section 20)."""
+    network, metadata = model_or_advice(args.load)
+    return serve_digits(make_engine(network, "auto"), metadata, console, source=args.load,
+                        host=args.host,
+                        port=args.port, open_browser=args.open, verbose=args.verbose)
+
+
 def run(argv, console):
     """Parse the command line and do what it asks."""
     if argv[:1] == ["predict"]:
         return run_predict(build_predict_parser().parse_args(argv[1:]), console)
+    if argv[:1] == ["serve"]:
+        return run_serve(build_serve_parser().parse_args(argv[1:]), console)
     parser = build_parser()
     args = parser.parse_args(argv)
     settings = settings_from_args(parser, args, os.environ)
