@@ -204,7 +204,7 @@ class InteractiveTests(unittest.TestCase):
         prompts = []
         answers = (["train"] if self.had_model else []) + ["", "", "n"]
         settings = m.ask_settings(m.Settings(), console_answering(answers, prompts))
-        self.assertEqual((settings.max_train, settings.epochs, settings.save), (1000, 10, ""))
+        self.assertEqual((settings.max_train, settings.epochs, settings.save), (1000, 12, ""))
 
     def test_a_bad_answer_is_asked_again(self):
         prompts = []

@@ -113,7 +113,7 @@ class SafetensorsFuzzTests(Fuzzer):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         path = os.path.join(folder, "m.safetensors")
-        m.save_run(path, network, m.Settings(learning_rate=0.05), state, 0.5)
+        m.save_run(path, network, m.Settings(learning_rate=0.05, epochs=10, augment=""), state, 0.5)
         with open(path, "rb") as stream:
             self.content = stream.read()
         (length,) = struct.unpack("<Q", self.content[:8])

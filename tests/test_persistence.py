@@ -279,7 +279,8 @@ class StrictLoaderTests(unittest.TestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         path = os.path.join(folder, "ok.safetensors")
-        m.save_run(path, m.NeuralNetwork([784, 3, 10], seed=1), m.Settings(learning_rate=0.05),
+        m.save_run(path, m.NeuralNetwork([784, 3, 10], seed=1),
+                   m.Settings(learning_rate=0.05, epochs=10, augment=""),
                    m.TrainingState())
         with open(path, "rb") as stream:
             header, data, _ = header_and_data(stream.read())
@@ -364,7 +365,7 @@ class CheckpointTests(unittest.TestCase):
         folder = tempfile.mkdtemp()
         self.addCleanup(shutil.rmtree, folder)
         path = os.path.join(folder, "ck.safetensors")
-        settings = m.Settings(max_train=100, epochs=3, learning_rate=0.05, seed=4)
+        settings = m.Settings(max_train=100, epochs=3, learning_rate=0.05, seed=4, augment="")
         state = m.TrainingState(epoch=1, position=40,
                                 running=m.EpochStats(2, 0.05, loss_sum=3.0, seen=40, correct=30),
                                 history=[m.EpochStats(1, 0.05, 10.0, 100, 80, 90, 10, 0.5)],

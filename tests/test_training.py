@@ -10,8 +10,9 @@ from helpers import mnist, mnist_pure as m
 def train_run(n, epochs=1, engine="packed", stop_after=None, state=None, **fields):
     """Train a fresh (seeded) network on the first n images: (engine, state)."""
     train, _ = mnist()
+    fields.setdefault("augment", "")           # the lesson's recipe, unless asked
     settings = m.Settings(max_train=n, epochs=epochs, engine=engine, **fields)
-    settings.learning_rate = m.starting_learning_rate(settings, n)
+    settings.choose_defaults(n)
     network = m.make_engine(m.NeuralNetwork(settings.sizes(), settings.seed), engine)
     state = state or m.TrainingState()
     stop = m.StopFlag()
@@ -187,8 +188,9 @@ class ResumeTests(unittest.TestCase):
         self.assertEqual(state.epoch, 0)
         self.assertGreater(state.position, 0)
         train, _ = mnist()
+        fields.setdefault("augment", "")
         settings = m.Settings(max_train=600, epochs=2, **fields)
-        settings.learning_rate = m.starting_learning_rate(settings, 600)
+        settings.choose_defaults(600)
         part = m.fit(part, train[:600], None, settings, state, m.StopFlag())
         self.assertEqual(weights(part), weights(whole))
         self.assertEqual([(s.updated, s.skipped, s.correct) for s in state.history],

@@ -90,7 +90,7 @@ class SharingTests(unittest.TestCase):
     def test_scoring_shared_out_gives_the_same_guesses_as_one_process(self):
         train, test = mnist()
         engine = m.make_engine(m.NeuralNetwork(seed=1), "packed")
-        settings = m.Settings(workers=2, learning_rate=0.05)
+        settings = m.Settings(workers=2, learning_rate=0.05, epochs=1, augment="")
         workers = m.start_workers(settings, train[:10], None, test[:701])
         try:
             shared = m.evaluate(engine, test[:701], None, workers)
