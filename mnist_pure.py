@@ -959,6 +959,16 @@ def dropout_forward(net, image, rate, rng):
     return Activations(inputs, softmax(layer_forward(inputs[-1], w, b)))
 
 
+def dropout_deltas(deltas, rate):
+    """The deltas of NeuralNetwork.backward for a forward pass with dropout:
+    each hidden layer's times gain = 1 / (1 - rate) once for every dropout
+    layer from it up (see above), the last layer's unchanged."""
+    gain = 1.0 / (1.0 - rate)
+    last = len(deltas) - 1
+    return [(indices, [gain ** (last - l) * d for d in values]) if l < last else (indices, values)
+            for l, (indices, values) in enumerate(deltas)]
+
+
 def zeros_like(matrices):
     return [[[0.0] * len(row) for row in m] for m in matrices]
 
@@ -1044,10 +1054,7 @@ class Trainer:
     def learn(self, acts, label, learning_rate):
         deltas = self.model.backward(acts, label)
         if self.options.dropout:
-            gain = 1.0 / (1.0 - self.options.dropout)
-            for l in range(len(deltas) - 1):        # gain once per dropout layer from l up
-                factor = gain ** (len(deltas) - 1 - l)
-                deltas[l] = (deltas[l][0], [factor * d for d in deltas[l][1]])
+            deltas = dropout_deltas(deltas, self.options.dropout)
         self.learning_rate = learning_rate
         if self.options.dense_steps():
             n_layers = len(deltas)
