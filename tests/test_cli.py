@@ -264,10 +264,143 @@ class LookingInsideTests(unittest.TestCase):
                                  run.out, re.M))
         self.assertEqual(sorted(errors), ["W1", "W2", "b1", "b2"])
         self.assertTrue(all(e < 1e-6 for e in errors.values()), errors)
+        self.assertIn("784-128-10", run.out)
+
+
+class DeeperNetworkTests(unittest.TestCase):
+    def test_hidden_takes_a_list_of_layer_sizes(self):
+        run = run_main("--hidden", "32,16", "--max-train", "300", "--epochs", "1",
+                       "--max-test", "300", "--quiet", "--show", "0", "--json")
+        self.assertEqual(run.code, 0, run.err)
+        self.assertIn("a 784-32-16-10 network", run.out)
+        self.assertEqual(json.loads(run.last_line)["sizes"], [784, 32, 16, 10])
+
+    def test_gradcheck_of_a_two_hidden_layer_network_passes(self):
+        run = run_main("--gradcheck", "--hidden", "32,16")
+        self.assertEqual(run.code, 0, run.out)
+        self.assertIn("784-32-16-10", run.out)
+        errors = re.findall(r"^\s+(\w+)\s+\d+ entries checked\s+largest relative error (\S+)",
+                            run.out, re.M)
+        self.assertEqual(sorted(name for name, _ in errors), ["W1", "W2", "W3", "b1", "b2", "b3"])
+        self.assertTrue(all(float(e) < 1e-6 for _, e in errors))
+
+    def test_trace_shows_every_layer_of_a_deeper_network(self):
+        run = run_main("--trace", "--hidden", "32,16")
+        self.assertEqual(run.code, 0)
+        for line in ("a1 = x @ W1 + b1", "h1 = relu(a1)", "a2 = h1 @ W2 + b2", "h2 = relu(a2)",
+                     "z = h2 @ W3 + b3", "da2 = (W3 @ dz)", "da1 = (W2 @ da2)", "|dW3|", "|dW1|"):
+            self.assertIn(line, run.out)
+
+    def test_bad_layer_sizes_are_a_usage_error(self):
+        for bad in ("0", "12,x", "128,,64"):
+            run = run_main("--hidden", bad)
+            self.assertEqual(run.code, 2)
+            self.assertIn("--hidden", run.err)
+
+
+class RoughEdgeTests(TemporaryFolder):
+    """What a new user tripped over, each now smooth."""
+
+    def test_help_shows_plain_percent_signs_and_every_command_in_its_usage(self):
+        run = run_main("--help")
+        self.assertNotIn("%%", run.out)
+        usage = run.out.split("\n\n")[0]
+        for command in ("predict", "serve"):
+            self.assertIn(command, usage)
+        self.assertNotIn("~3 minutes", run.out)
+
+    def test_the_prompt_refuses_more_images_than_exist_at_once_and_takes_5_000(self):
+        answers = ["train"] if os.path.exists(m.DEFAULT_MODEL) else []
+        prompts, console = [], None
+        console = console_answering(answers + ["70000", "5,000", "", "n"], prompts)
+        settings = m.ask_settings(m.Settings(), console)
+        self.assertEqual(settings.max_train, 5000)
+        self.assertIn("at most 60,000", console.err.getvalue())
+        asked = [p for p in prompts if "training images" in p]
+        self.assertEqual(len(asked), 2)                  # asked again straight away
+
+    def test_ctrl_d_and_ctrl_c_at_a_prompt_end_the_prompts_line_first(self):
+        for reply, code in ((EOFError(), 1), (KeyboardInterrupt(), 130)):
+            answers = (["train"] if os.path.exists(m.DEFAULT_MODEL) else []) + [reply]
+            run = run_main(answers=answers, interactive=True)
+            self.assertEqual(run.code, code)
+            self.assertTrue(run.out.endswith("] \n"), repr(run.out[-40:]))
+
+    def test_json_with_load_reports_what_the_model_was_trained_with(self):
+        model = self.path("m.safetensors")
+        self.assertEqual(run_main("--max-train", "600", "--epochs", "3", "--max-test", "100",
+                                  "--quiet", "--show", "0", "--lr", "0.03", "--save",
+                                  model).code, 0)
+        summary = json.loads(run_main("--load", model, "--max-test", "100", "--quiet", "--show",
+                                      "0", "--json").last_line)
+        self.assertEqual((summary["epochs"], summary["train_images"], summary["learning_rate"]),
+                         (3, 600, 0.03))
+
+    def test_trace_with_load_traces_the_saved_model(self):
+        model = self.path("m.safetensors")
+        run_main("--max-train", "2000", "--epochs", "2", "--max-test", "10", "--quiet",
+                 "--show", "0", "--save", model)
+        trained = run_main("--trace", "--load", model)
+        fresh = run_main("--trace")
+        p_trained = float(re.search(r"the answer is 7 \(p = (\S+)\)", trained.out).group(1))
+        p_fresh = float(re.search(r"the answer is 7 \(p = (\S+)\)", fresh.out).group(1))
+        self.assertGreater(p_trained, 0.9)
+        self.assertLess(p_fresh, 0.5)
+
+    def test_training_options_with_load_are_refused_not_ignored(self):
+        for option in (("--max-train", "5000"), ("--epochs", "3"), ("--augment",),
+                       ("--hidden", "64")):
+            run = run_main("--load", self.path("any.safetensors"), *option)
+            self.assertEqual(run.code, 2, option)
+            self.assertIn(option[0], run.err)
+            self.assertIn("--resume", run.err)
+
+    def test_plot_says_why_it_takes_longer(self):
+        run = run_main("--max-train", "200", "--epochs", "1", "--max-test", "200", "--quiet",
+                       "--show", "0", "--plot", self.path("c.svg"))
+        self.assertIn("--plot scores the test set after every epoch", run.out)
+
+    def test_early_stopping_shows_validation_accuracy_in_the_table(self):
+        run = run_main("--max-train", "300", "--epochs", "2", "--max-test", "100", "--quiet",
+                       "--show", "0", "--patience", "1", "--validation", "500")
+        header = next(line for line in run.out.splitlines() if line.startswith("epoch"))
+        self.assertIn("valid acc", header)
+        kept = re.search(r"kept epoch \d+ \(validation accuracy (\S+)%\)", run.out).group(1)
+        self.assertIn(kept + "%", run.out.split("early stopping")[0])
+
+    def test_the_end_of_a_run_says_what_to_try_next(self):
+        run = run_main(*QUICK)
+        self.assertIn("predict", run.err)
+        self.assertIn("serve", run.err)
+        model = self.path("m.safetensors")
+        run = run_main(*QUICK, "--save", model)
+        self.assertIn("predict your_digit.png --load " + model, run.err)
 
 
 class ProcessTests(TemporaryFolder):
     """Things only a real process shows: signals, pipes, no traceback."""
+
+    def test_ctrl_c_pressed_again_and_again_while_saving_never_prints_a_traceback(self):
+        checkpoint = self.path("ck.safetensors")
+        process = subprocess.Popen([sys.executable, SCRIPT, "--max-train", "60000", "--epochs", "3",
+                                    "--checkpoint", checkpoint, "--quiet"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                   universal_newlines=True, cwd=self.folder)
+        for line in process.stdout:
+            if line.startswith("epoch"):
+                break
+        import time
+        time.sleep(1.0)
+        while process.poll() is None:               # the first stops training; the rest
+            process.send_signal(signal.SIGINT)      # land while it saves and exits
+            time.sleep(0.02)
+        err = process.stderr.read()
+        process.stdout.close()
+        process.stderr.close()
+        self.assertNotIn("Traceback", err)
+        self.assertNotIn("Exception ignored", err)
+        self.assertEqual(process.returncode, 130, err)
+        self.assertTrue(os.path.exists(checkpoint))
 
     def test_ctrl_c_during_training_saves_a_checkpoint_and_exits_130(self):
         checkpoint = self.path("ck.safetensors")
