@@ -1,16 +1,20 @@
 """Benchmark: how fast each engine trains and infers on this interpreter, beside
-a naive nested-loop network as the baseline, all in one run.
+a naive nested-loop network as the baseline; one and two worker processes; the
+options of Part II beside plain SGD; and, when NumPy happens to be importable,
+NumPy's per-sample SGD of the same network as a reference. All in one run.
 
-    python tests/bench.py              # CPython: ~1-2 minutes
+    python tests/bench.py              # CPython: ~3 minutes
     pypy3 tests/bench.py
     python tests/bench.py --full-run   # also time `mnist_pure.py --max-train 60000 --epochs 1`
 
-Training is plain per-sample SGD on every image (mastery off), so the figures
-are training steps per second; inference is the forward pass alone. Figures on
-a shared machine wobble by +-30%: compare the ratios within one run.
+Training is per-sample SGD on every image (mastery off), so the figures are
+training steps per second; inference is the forward pass alone. Figures on a
+shared machine wobble by +-30%: compare the ratios within one run. The
+project never needs NumPy; the reference row is skipped without it.
 """
 
 import argparse
+import importlib
 import os
 import platform
 import random
@@ -83,12 +87,12 @@ def rate(count, seconds):
 
 def time_naive(train, test, n_train, n_test):
     network = NaiveNetwork(random.Random(1))
-    xs = [dense(train.image(k)) for k in range(n_train)]
+    xs = [dense(image) for image, _ in train[:n_train]]
     started = time.perf_counter()
     for k, x in enumerate(xs):
         network.train(x, train.labels[k], 0.05)
     train_rate = rate(n_train, time.perf_counter() - started)
-    xs = [dense(test.image(k)) for k in range(n_test)]
+    xs = [dense(image) for image, _ in test[:n_test]]
     started = time.perf_counter()
     for x in xs:
         network.forward(x)
@@ -96,27 +100,109 @@ def time_naive(train, test, n_train, n_test):
 
 
 def time_engine(name, train, test, n_train, n_test, warmup):
-    engine = m.make_engine(m.Network.random(random.Random(1)), name)
-    labels = train.labels
-    for k in range(warmup):                          # lets PyPy's JIT compile first
-        engine.learn(engine.forward(train.sample(k)), labels[k], 0.05)
+    engine = m.make_engine(m.NeuralNetwork(seed=1), name)
+    for image, label in train[:warmup]:             # lets PyPy's JIT compile first
+        engine.learn(engine.forward(image), label, 0.05)
     started = time.perf_counter()
-    for k in range(warmup, warmup + n_train):
-        engine.learn(engine.forward(train.sample(k)), labels[k], 0.05)
+    for image, label in train[warmup:warmup + n_train]:
+        engine.learn(engine.forward(image), label, 0.05)
     train_rate = rate(n_train, time.perf_counter() - started)
     started = time.perf_counter()
-    for k in range(n_test):
-        engine.forward(test.sample(k))
+    for image, _ in test[:n_test]:
+        engine.forward(image)
     return train_rate, rate(n_test, time.perf_counter() - started)
+
+
+def time_workers(n, train, test, n_train):
+    """Training steps/s (mastery off) of one epoch of n_train images in n
+    processes, and test images scored per second, the way --workers runs them."""
+    settings = m.Settings(max_train=n_train, epochs=1, workers=n, mastery=0.0, augment="")
+    settings.choose_defaults(n_train)
+    engine = m.make_engine(m.NeuralNetwork(seed=1), settings.engine_name())
+    workers = m.start_workers(settings, train[:n_train], None, test)
+    try:
+        started = time.perf_counter()
+        m.fit(engine, train[:n_train], None, settings, m.TrainingState(), m.StopFlag(),
+              workers=workers)
+        train_rate = rate(n_train, time.perf_counter() - started)
+        started = time.perf_counter()
+        m.evaluate(engine, test, None, workers)
+        return train_rate, rate(len(test), time.perf_counter() - started)
+    finally:
+        if workers is not None:
+            workers.close()
+
+
+OPTIONS = [("plain SGD (the lesson's)", {}),
+           ("--batch-size 32", {"batch_size": 32}),
+           ("--batch-size 32 --momentum 0.9", {"batch_size": 32, "momentum": 0.9}),
+           ("--batch-size 32 --optimizer adam", {"batch_size": 32, "optimizer": "adam"}),
+           ("--batch-size 32 --weight-decay 1e-4", {"batch_size": 32, "weight_decay": 1e-4}),
+           ("--weight-decay 1e-4 (a dense step per image)", {"weight_decay": 1e-4}),
+           ("--dropout 0.2", {"dropout": 0.2})]
+OPTIONS += [("--augment " + name, {"augment": name}) for name in m.DISTORTIONS]
+
+
+def time_option(fields, train, n_train, warmup):
+    """Training steps/s (mastery off) with the options in fields, on the
+    engine that auto picks for them."""
+    fields = dict({"augment": ""}, **fields)
+    settings = m.Settings(max_train=n_train, mastery=0.0, **fields)
+    settings.choose_defaults(n_train)
+    engine = m.make_engine(m.NeuralNetwork(seed=1), settings.engine_name())
+    trainer = m.Trainer(engine, settings.options(), 1)
+    recipe = m.Recipe(1, 0.01, mastery=0.0)
+    stats = m.EpochStats(1, 0.01)
+    m.train_share(trainer, train, recipe, 0, 0, warmup, stats)
+    started = time.perf_counter()
+    m.train_share(trainer, train, recipe, 0, warmup, warmup + n_train, stats)
+    return settings.engine_name(), rate(n_train, time.perf_counter() - started)
+
+
+def time_numpy(train, n_train):
+    """NumPy per-sample SGD of the same network, float64, one core: the usual
+    dense update (W1 -= lr * outer(x, da) over all 784 x 128), and the same
+    with the update limited to the inked rows. None without NumPy."""
+    try:
+        np = importlib.import_module("numpy")
+    except ImportError:
+        return None
+    rng = np.random.default_rng(1)
+    images = np.frombuffer(train.images, dtype=np.uint8).reshape(-1, 784)[:n_train] / 255.0
+    labels = np.frombuffer(train.labels, dtype=np.uint8)[:n_train]
+    figures = []
+    for sparse in (False, True):
+        w1 = rng.uniform(-1, 1, (784, 128)) * (6 / 784) ** 0.5
+        w2 = rng.uniform(-1, 1, (128, 10)) * (6 / 128) ** 0.5
+        b1, b2 = np.zeros(128), np.zeros(10)
+        started = time.perf_counter()
+        for x, y in zip(images, labels):
+            a = x @ w1 + b1
+            h = np.maximum(a, 0.0)
+            z = h @ w2 + b2
+            p = np.exp(z - z.max())
+            p /= p.sum()
+            p[y] -= 1.0                                    # dz
+            dh = (w2 @ p) * (a > 0)
+            w2 -= 0.01 * np.outer(h, p)
+            b2 -= 0.01 * p
+            if sparse:
+                inked = np.nonzero(x)[0]
+                w1[inked] -= 0.01 * np.outer(x[inked], dh)
+            else:
+                w1 -= 0.01 * np.outer(x, dh)
+            b1 -= 0.01 * dh
+        figures.append(rate(n_train, time.perf_counter() - started))
+    return np.__version__, figures
 
 
 def time_loading():
     """Seconds to read all four files and turn all 70,000 images into inputs."""
     started = time.perf_counter()
-    train, test = m.load_mnist(os.path.join(os.path.dirname(HERE), "data"), lambda s: None)
+    train, test = m.load_mnist(os.path.join(os.path.dirname(HERE), "data"))
     for data in (train, test):
-        for k in range(len(data)):
-            data.sample(k)
+        for image, _ in data:
+            m.sparse_pixels(image)
     return time.perf_counter() - started, train, test
 
 
@@ -130,6 +216,15 @@ def full_run():
     wall = time.perf_counter() - started
     peak_kib = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
     return wall, peak_kib / 1024, done.stdout.strip().splitlines()[-1]
+
+
+def print_table(rows, base_train, base_infer):
+    print("%-40s %12s %10s %12s %10s %12s" % ("", "train/s", "x naive", "infer/s", "x naive",
+                                              "60k epoch"))
+    for name, train_rate, infer_rate in rows:
+        print("%-40s %12s %9.1fx %12s %9.1fx %11.0f s" % (
+            name, format(int(train_rate), ","), train_rate / base_train,
+            format(int(infer_rate), ","), infer_rate / base_infer, 60000 / train_rate))
 
 
 def main(argv=None):
@@ -146,25 +241,43 @@ def main(argv=None):
     n_naive = 2000 if PYPY else 150
     rows = [("naive nested loops (baseline)",) + time_naive(train, test, n_naive, n_naive)]
     warmup = 5000 if PYPY else 200
+    auto = m.Settings().engine_name()
     for name in ("lists", "packed"):
         steps = args.train if name == "packed" or PYPY else max(300, args.train // 6)
         n_test = 10000 if name == "packed" or PYPY else 2000
-        rows.append(("%s engine%s" % (name, " (auto)" if m.engine_name(m.Settings()) == name else ""),)
+        rows.append(("%s engine%s" % (name, " (auto)" if auto == name else ""),)
                     + time_engine(name, train, test, steps, n_test, warmup))
-    base_train, base_infer = rows[0][1], rows[0][2]
+    for n in (1, 2):
+        rows.append(("%s engine, --workers %d (one epoch)" % (auto, n),)
+                    + time_workers(n, train, test, 40000 if PYPY else 12000))
     print()
-    print("%-32s %12s %10s %12s %10s %12s" % ("", "train/s", "x naive", "infer/s", "x naive",
-                                              "60k epoch"))
-    for name, train_rate, infer_rate in rows:
-        print("%-32s %12s %9.1fx %12s %9.1fx %11.0f s" % (
-            name, format(int(train_rate), ","), train_rate / base_train,
-            format(int(infer_rate), ","), infer_rate / base_infer, 60000 / train_rate))
+    print_table(rows, rows[0][1], rows[0][2])
+    numpy = time_numpy(train, 3000)
+    if numpy is None:
+        print("NumPy reference: skipped (NumPy is not installed; the project never needs it)")
+    else:
+        version, (dense_rate, sparse_rate) = numpy
+        two = rows[-1][1]
+        print("NumPy %s per-sample SGD, float64, one core: %s steps/s (dense update), %s steps/s "
+              "(inked rows only); --workers 2 above: %.2fx the dense one"
+              % (version, format(int(dense_rate), ","), format(int(sparse_rate), ","),
+                 two / dense_rate))
     print()
-    print("peak RSS of this benchmark: %.0f MB" % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
+    print("%-46s %8s %10s %10s" % ("Part II's options (mastery off)", "engine", "train/s",
+                                   "x plain"))
+    n_option = 5000 if PYPY else 600
+    plain = None
+    for name, fields in OPTIONS:
+        engine, steps = time_option(fields, train, n_option, warmup)
+        plain = plain or steps
+        print("%-46s %8s %10s %9.2fx" % (name, engine, format(int(steps), ","), steps / plain))
+    print()
+    print("peak RSS of this benchmark: %.0f MB"
+          % (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024))
     if args.full_run:
         wall, peak_mb, last = full_run()
-        print("full run `mnist_pure.py --max-train 60000 --epochs 1`: %.1f s wall, peak RSS %.0f MB, %s"
-              % (wall, peak_mb, last))
+        print("full run `mnist_pure.py --max-train 60000 --epochs 1`: %.1f s wall, peak RSS "
+              "%.0f MB, %s" % (wall, peak_mb, last))
     return 0
 
 

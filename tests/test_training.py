@@ -140,6 +140,50 @@ class MasteryTests(unittest.TestCase):
         self.assertTrue(all(abs(sum(p) - 1) < 1e-9 for _, _, p, _ in steps))
 
 
+class RestingTests(unittest.TestCase):
+    """Sure images (p[y] >= 0.9999) skip their forward pass for two epochs."""
+
+    def counting_engine(self):
+        engine = m.make_engine(m.NeuralNetwork(seed=1), "packed")
+        calls = [0]
+        forward = engine.forward
+
+        def counted(image):
+            calls[0] += 1
+            return forward(image)
+        engine.forward = counted
+        return engine, calls
+
+    def test_sure_images_rest_for_two_epochs_and_are_looked_at_again(self):
+        train, _ = mnist()
+        engine, calls = self.counting_engine()
+        settings = m.Settings(max_train=500, epochs=6, augment="", learning_rate=0.05)
+        state = m.TrainingState()
+        m.fit(engine, train[:500], None, settings, state, m.StopFlag())
+        self.assertEqual([s.seen for s in state.history], [500] * 6)   # every image counted
+        until = state.resting.until                    # marked sure in epoch e (0-based):
+        self.assertLessEqual(set(until), {0, 3, 4, 5, 6, 7, 8})       # rests until e + 3
+        self.assertGreater(sum(1 for u in until if u), 100)
+        self.assertLess(calls[0], 6 * 500 - 100)       # forward passes saved
+        no_rest, calls_without = self.counting_engine()
+        settings.rest_sure = False
+        m.fit(no_rest, train[:500], None, settings, m.TrainingState(), m.StopFlag())
+        self.assertEqual(calls_without[0], 6 * 500)
+
+    def test_a_resting_image_answers_as_it_last_did(self):
+        resting = m.Resting(3)
+        resting.until[1], resting.confidence[1] = 5, 0.99995
+        p = resting.answer(1, 7).p
+        self.assertEqual(p[7], 0.99995)
+        self.assertAlmostEqual(sum(p), 1.0)
+        self.assertTrue(m.is_mastered(p, 7, 0.99))
+
+    def test_without_mastery_nothing_rests(self):
+        self.assertFalse(m.Settings(mastery=0.0).options().rest_sure)
+        self.assertFalse(m.Settings(mastery=0.99, rest_sure=False).options().rest_sure)
+        self.assertTrue(m.Settings().options().rest_sure)
+
+
 class OrderTests(unittest.TestCase):
     def test_each_epoch_visits_every_image_once_in_a_seeded_order(self):
         first, again = m.epoch_order(100, 3, 0), m.epoch_order(100, 3, 0)
