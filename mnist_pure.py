@@ -751,7 +751,8 @@ def warp(image, matrix, centre, offset, field=None):
     first_column = max(0, int(min(xs) - spread))
     last_column = min(IMAGE_SIDE - 1, int(max(xs) + spread) + 1)
     out = bytearray(N_PIXELS)
-    for y in range(max(0, int(min(ys) - spread)), min(IMAGE_SIDE - 1, int(max(ys) + spread) + 1) + 1):
+    last_row = min(IMAGE_SIDE - 1, int(max(ys) + spread) + 1)
+    for y in range(max(0, int(min(ys) - spread)), last_row + 1):
         px, py = first_column - cx - ox, y - cy - oy
         qx, qy = cx + m00 * px + m01 * py, cy + m10 * px + m11 * py    # one step right adds
         for x in range(first_column, last_column + 1):                 # (m00, m10) to q
@@ -764,7 +765,11 @@ def warp(image, matrix, centre, offset, field=None):
     return bytes(out)
 
 
-AFFINE_ROTATION, AFFINE_SCALE, AFFINE_ASPECT, AFFINE_SHEAR, AFFINE_SHIFT = 12.0, 0.12, 0.08, 0.25, 2.0
+AFFINE_ROTATION = 12.0      # degrees, +-
+AFFINE_SCALE = 0.12         # size x (1 +- this)
+AFFINE_ASPECT = 0.08        # width against height x (1 +- this)
+AFFINE_SHEAR = 0.25         # slant: x += k y, k = +- this
+AFFINE_SHIFT = 2.0          # pixels, +-
 
 
 def affine(image, rng):
@@ -775,7 +780,8 @@ def affine(image, rng):
         R = [[cos a, -sin a], [sin a, cos a]]    a = +-12 degrees
     warp asks where each new pixel comes from, so it gets A^-1."""
     angle = uniform(rng, AFFINE_ROTATION) * math.pi / 180.0
-    s, t, k = 1.0 + uniform(rng, AFFINE_SCALE), 1.0 + uniform(rng, AFFINE_ASPECT), uniform(rng, AFFINE_SHEAR)
+    s, t = 1.0 + uniform(rng, AFFINE_SCALE), 1.0 + uniform(rng, AFFINE_ASPECT)
+    k = uniform(rng, AFFINE_SHEAR)
     offset = (uniform(rng, AFFINE_SHIFT), uniform(rng, AFFINE_SHIFT))
     sx, sy = s * t, s / t
     cos, sin = math.cos(angle), math.sin(angle)
@@ -1206,6 +1212,7 @@ def copy_network(network):
 # Only W1 is packed: the later layers read floats (hidden units, not bytes),
 # and their dot products run in C through math.sumprod (Python 3.12+) or
 # sum(map(mul, ...)) over the live units' rows.
+
 
 FRACTION_BITS = 40
 LANE_BITS = 64
@@ -3195,7 +3202,7 @@ def paeth_lanes(a, b, c, lanes):
     A comparison x <= y is bit 10 of y + 1024 - x, which stays in 514..1534."""
     ab = (a | lanes.bit8) - c                                      # a - c + 256
     bc = (b | lanes.bit8) - c                                      # b - c + 256
-    pa, pb = lane_abs(bc, 8, lanes), lane_abs(ab, 8, lanes)        # |p - a| = |b - c|, |p - b| = |a - c|
+    pa, pb = lane_abs(bc, 8, lanes), lane_abs(ab, 8, lanes)   # |p - a| = |b - c|, |p - b| = |a - c|
     pc = lane_abs(ab + bc, 9, lanes)                               # |p - c| = |a + b - 2c|
     a_wins = (((pb | lanes.bit10) - pa) & ((pc | lanes.bit10) - pa)) >> 10 & lanes.ones
     b_wins = ((pc | lanes.bit10) - pb) >> 10 & lanes.ones & (lanes.ones ^ a_wins)
@@ -3219,7 +3226,8 @@ def png_unfilter_band(out, top, count, stride, bpp, above):
     Lanes hold at most 1534 (paeth_lanes), so they never spill over."""
     lanes = Lanes(count)
     kinds = out[top * (stride + 1)::stride + 1][:count]
-    masks = [byte_lanes(bytes(255 if k == kind else 0 for k in kinds), 16) * 257 for kind in range(5)]
+    masks = [byte_lanes(bytes(255 if k == kind else 0 for k in kinds), 16) * 257
+             for kind in range(5)]
     waves = [0] * (bpp + 1)                     # the decoded waves t-1, t-2, ..., t-bpp-1
     start = top * (stride + 1) + 1
     for t in range(stride + count - 1):
@@ -3305,7 +3313,8 @@ def luminance_in_c(red, green, blue):
     """luminance with its loops in C, for CPython: each colour as one integer
     of 32-bit lanes, weighted and added in three multiplications and two
     additions; each lane's byte 2 is then the result."""
-    total = LUMA[0] * byte_lanes(red, 32) + LUMA[1] * byte_lanes(green, 32) + LUMA[2] * byte_lanes(blue, 32)
+    total = (LUMA[0] * byte_lanes(red, 32) + LUMA[1] * byte_lanes(green, 32) +
+             LUMA[2] * byte_lanes(blue, 32))
     return lane_bytes(total, len(red), 32, at=2)
 
 
@@ -3788,7 +3797,8 @@ def side_by_side(marks, gap):
     for mark in sorted(marks, key=lambda m: m.left):
         if groups and mark.left < groups[-1][1] + gap:
             group = groups[-1]
-            group[1:4] = max(group[1], mark.right), min(group[2], mark.top), max(group[3], mark.bottom)
+            group[1:4] = (max(group[1], mark.right), min(group[2], mark.top),
+                          max(group[3], mark.bottom))
             group[4].append(mark)
         else:
             groups.append([mark.left, mark.right, mark.top, mark.bottom, [mark]])
@@ -3815,7 +3825,8 @@ def choose_digit(marks, columns, rows, cell, short_side):
         all others are dropped before cropping, so a speck in a corner does
         not shrink the digit."""
     if not marks:
-        raise MnistError("no ink found in the image (no marks stand out from the paper around them)")
+        raise MnistError("no ink found in the image "
+                         "(no marks stand out from the paper around them)")
     notes, edges = [], [edge_along(mark, columns, rows) for mark in marks]
     for side in sorted(set(edges) - {None}):
         notes.append("ignored a dark band along the %s edge (the page's edge or a shadow)" % side)
@@ -3830,7 +3841,8 @@ def choose_digit(marks, columns, rows, cell, short_side):
     groups = side_by_side(parts, DIGIT_GAP * max(mark.bottom - mark.top for mark in parts))
     tallest = max(group[3] - group[2] for group in groups)
     digits = [group for group in groups if group[3] - group[2] >= DIGIT_HEIGHT * tallest]
-    left, right, top, bottom, kept = max(digits, key=lambda g: sum(len(mark.cells) for mark in g[4]))
+    left, right, top, bottom, kept = max(digits,
+                                         key=lambda g: sum(len(mark.cells) for mark in g[4]))
     if len(digits) > 1:
         notes.append("found %d digits side by side; reading the one with the most ink (crop the "
                      "image to one digit to choose)" % len(digits))
@@ -5166,7 +5178,8 @@ def describe_options(settings):
     if settings.optimizer == "adam":
         words.append("Adam")
     if settings.momentum:
-        words.append("%smomentum %g" % ("Nesterov " if settings.nesterov else "", settings.momentum))
+        words.append("%smomentum %g" % ("Nesterov " if settings.nesterov else "",
+                                         settings.momentum))
     if settings.weight_decay:
         words.append("weight decay %g" % settings.weight_decay)
     if settings.dropout:

@@ -4,9 +4,11 @@ the program (in-process through main(), or as a real subprocess)."""
 import functools
 import io
 import os
+import shutil
 import subprocess
 import sys
 import tempfile
+import unittest
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -34,6 +36,21 @@ def small_trained_network():
     engine = mnist_pure.fit(engine, train[:2000], None, settings, mnist_pure.TrainingState(),
                             mnist_pure.StopFlag())
     return mnist_pure.as_network(engine)
+
+
+class Folder(unittest.TestCase):
+    """A test case with a temporary folder of its own, removed afterwards."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+
+    def write(self, name, content):
+        """A file in the folder holding content (bytes); its path."""
+        path = os.path.join(self.folder, name)
+        with open(path, "wb") as stream:
+            stream.write(content)
+        return path
 
 
 class Run:

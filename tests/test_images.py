@@ -9,19 +9,7 @@ import tempfile
 import unittest
 
 import pngmaker
-from helpers import assert_one_line_error, mnist, mnist_pure as m, run_main
-
-
-class Folder(unittest.TestCase):
-    def setUp(self):
-        self.folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.folder)
-
-    def write(self, name, content):
-        path = os.path.join(self.folder, name)
-        with open(path, "wb") as stream:
-            stream.write(content)
-        return path
+from helpers import Folder, assert_one_line_error, mnist, mnist_pure as m, run_main
 
 
 class PngTests(Folder):

@@ -15,7 +15,7 @@ import unittest
 
 import photomaker
 import pngmaker
-from helpers import assert_one_line_error, mnist, mnist_pure as m, run_main
+from helpers import Folder, assert_one_line_error, mnist, mnist_pure as m, run_main
 
 
 @functools.lru_cache(maxsize=None)
@@ -238,18 +238,6 @@ class MarksTests(unittest.TestCase):
         _, notes = m.prepare_digit_with_notes(260, 220, grey)
         self.assertEqual(len(notes), 1)
         self.assertIn("2 digits", notes[0])
-
-
-class Folder(unittest.TestCase):
-    def setUp(self):
-        self.folder = tempfile.mkdtemp()
-        self.addCleanup(shutil.rmtree, self.folder)
-
-    def write(self, name, content):
-        path = os.path.join(self.folder, name)
-        with open(path, "wb") as stream:
-            stream.write(content)
-        return path
 
 
 class OtherFormatsTests(Folder):
