@@ -38,6 +38,12 @@ def small_trained_network():
     return mnist_pure.as_network(engine)
 
 
+def weights(engine):
+    """An engine's weights and biases as plain lists, to compare two engines."""
+    network = mnist_pure.as_network(engine)
+    return network.weights, network.biases
+
+
 class Folder(unittest.TestCase):
     """A test case with a temporary folder of its own, removed afterwards."""
 
@@ -51,6 +57,22 @@ class Folder(unittest.TestCase):
         with open(path, "wb") as stream:
             stream.write(content)
         return path
+
+
+class ModelFolder(Folder):
+    """A Folder, and a model file saved once for the whole class: set
+    make_network to a function that returns the network to save."""
+    make_network = None
+
+    @classmethod
+    def setUpClass(cls):
+        cls.model_folder = tempfile.mkdtemp()
+        cls.model = os.path.join(cls.model_folder, "model.safetensors")
+        mnist_pure.save_model(cls.make_network(), cls.model)
+
+    @classmethod
+    def tearDownClass(cls):
+        shutil.rmtree(cls.model_folder)
 
 
 class Run:

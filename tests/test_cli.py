@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import unittest
 
 from helpers import SCRIPT, assert_one_line_error, mnist_pure as m, run_main, run_script
@@ -380,17 +381,21 @@ class RoughEdgeTests(TemporaryFolder):
 class ProcessTests(TemporaryFolder):
     """Things only a real process shows: signals, pipes, no traceback."""
 
-    def test_ctrl_c_pressed_again_and_again_while_saving_never_prints_a_traceback(self):
-        checkpoint = self.path("ck.safetensors")
+    def training(self, checkpoint):
+        """The program training on all images, a second into its first epoch."""
         process = subprocess.Popen([sys.executable, SCRIPT, "--max-train", "60000", "--epochs", "3",
                                     "--checkpoint", checkpoint, "--quiet"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    universal_newlines=True, cwd=self.folder)
-        for line in process.stdout:
+        for line in process.stdout:                 # training starts after the table header
             if line.startswith("epoch"):
                 break
-        import time
         time.sleep(1.0)
+        return process
+
+    def test_ctrl_c_pressed_again_and_again_while_saving_never_prints_a_traceback(self):
+        checkpoint = self.path("ck.safetensors")
+        process = self.training(checkpoint)
         while process.poll() is None:               # the first stops training; the rest
             process.send_signal(signal.SIGINT)      # land while it saves and exits
             time.sleep(0.02)
@@ -404,15 +409,7 @@ class ProcessTests(TemporaryFolder):
 
     def test_ctrl_c_during_training_saves_a_checkpoint_and_exits_130(self):
         checkpoint = self.path("ck.safetensors")
-        process = subprocess.Popen([sys.executable, SCRIPT, "--max-train", "60000", "--epochs", "3",
-                                    "--checkpoint", checkpoint, "--quiet"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   universal_newlines=True, cwd=self.folder)
-        for line in process.stdout:                 # training starts after the table header
-            if line.startswith("epoch"):
-                break
-        import time
-        time.sleep(1.0)
+        process = self.training(checkpoint)
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=120)
         self.assertEqual(process.returncode, 130, err)

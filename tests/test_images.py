@@ -4,12 +4,10 @@ the predict command."""
 import importlib
 import os
 import random
-import shutil
-import tempfile
 import unittest
 
 import pngmaker
-from helpers import Folder, assert_one_line_error, mnist, mnist_pure as m, run_main
+from helpers import Folder, ModelFolder, assert_one_line_error, mnist, mnist_pure as m, run_main
 
 
 class PngTests(Folder):
@@ -201,16 +199,8 @@ class PreparationTests(Folder):
         self.assertEqual(m.prepare_digit(5, 5, bytes([255] * 25)), bytes(784))
 
 
-class PredictCommandTests(Folder):
-    @classmethod
-    def setUpClass(cls):
-        cls.model_folder = tempfile.mkdtemp()
-        cls.model = os.path.join(cls.model_folder, "model.safetensors")
-        m.save_model(trained_network(), cls.model)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.model_folder)
+class PredictCommandTests(ModelFolder):
+    make_network = staticmethod(trained_network)
 
     def test_predict_prints_the_top_three_and_draws_what_the_network_saw(self):
         _, test = mnist()

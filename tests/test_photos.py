@@ -9,13 +9,11 @@ depend on a network; one also reads them with a small trained network."""
 import functools
 import os
 import random
-import shutil
-import tempfile
 import unittest
 
 import photomaker
 import pngmaker
-from helpers import Folder, assert_one_line_error, mnist, mnist_pure as m, run_main
+from helpers import Folder, ModelFolder, assert_one_line_error, mnist, mnist_pure as m, run_main
 
 
 @functools.lru_cache(maxsize=None)
@@ -357,16 +355,8 @@ class FastDecodingTests(unittest.TestCase):
         self.assertEqual(notes, [])
 
 
-class PredictCommandTests(Folder):
-    @classmethod
-    def setUpClass(cls):
-        cls.model_folder = tempfile.mkdtemp()
-        cls.model = os.path.join(cls.model_folder, "model.safetensors")
-        m.save_model(small_network(), cls.model)
-
-    @classmethod
-    def tearDownClass(cls):
-        shutil.rmtree(cls.model_folder)
+class PredictCommandTests(ModelFolder):
+    make_network = staticmethod(small_network)
 
     def png(self, name):
         width, height, grey = examples()[name]

@@ -4,7 +4,7 @@ mastery, the schedule, seeds, resuming, distortions and early stopping."""
 import random
 import unittest
 
-from helpers import mnist, mnist_pure as m
+from helpers import mnist, weights, mnist_pure as m
 
 
 def train_run(n, epochs=1, engine="packed", stop_after=None, state=None, **fields):
@@ -24,11 +24,6 @@ def train_run(n, epochs=1, engine="packed", stop_after=None, state=None, **field
             stop.requested = True
     network = m.fit(network, train[:n], None, settings, state, stop, progress)
     return network, state
-
-
-def weights(engine):
-    net = m.as_network(engine)
-    return net.weights, net.biases
 
 
 class LessonTests(unittest.TestCase):

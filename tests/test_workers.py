@@ -13,7 +13,7 @@ import time
 import unittest
 from unittest import mock
 
-from helpers import SCRIPT, mnist, mnist_pure as m
+from helpers import SCRIPT, mnist, weights, mnist_pure as m
 
 
 def fit_with_workers(n, size=3000, epochs=1, engine="packed", start_method=None, **fields):
@@ -33,11 +33,6 @@ def fit_with_workers(n, size=3000, epochs=1, engine="packed", start_method=None,
         if workers is not None:
             workers.close()
     return engine, state
-
-
-def weights(engine):
-    network = m.as_network(engine)
-    return network.weights, network.biases
 
 
 class AveragingTests(unittest.TestCase):
