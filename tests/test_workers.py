@@ -85,7 +85,8 @@ class SharingTests(unittest.TestCase):
     def test_scoring_shared_out_gives_the_same_guesses_as_one_process(self):
         train, test = mnist()
         engine = m.make_engine(m.NeuralNetwork(seed=1), "packed")
-        settings = m.Settings(workers=2, learning_rate=0.05, epochs=1, augment="")
+        settings = m.Settings(workers=2, learning_rate=0.05, epochs=1, augment="",
+                              engine="packed")          # the helpers' engine too
         workers = m.start_workers(settings, train[:10], None, test[:701])
         try:
             shared = m.evaluate(engine, test[:701], None, workers)
@@ -191,19 +192,25 @@ class ProcessTests(unittest.TestCase):
         self.assert_nothing_left(process.pid)
 
     def test_a_run_stopped_with_two_workers_resumes_with_one(self):
-        process = self.start("--seed", "3", "--max-train", "12000", until="    1")
-        process.send_signal(signal.SIGINT)                  # in epoch 2
+        # 50 epochs, so that even PyPy is still training when Ctrl-C comes
+        # (on CPython, in epoch 2); the resumed run goes on for two more.
+        process = self.start("--seed", "3", "--max-train", "12000", "--epochs", "50",
+                             until="    1")
+        process.send_signal(signal.SIGINT)
         self.assertEqual(self.finish(process)[0], 130)
+        done_epochs = m.load_run(self.checkpoint)[3].epoch
         done = subprocess.run([sys.executable, SCRIPT, "--resume", self.checkpoint,
-                               "--workers", "1", "--max-test", "500", "--show", "0",
-                               "--quiet", "--json"], cwd=self.folder, timeout=300,
+                               "--epochs", str(done_epochs + 2), "--workers", "1",
+                               "--max-test", "500", "--show", "0", "--quiet", "--json"],
+                              cwd=self.folder, timeout=300,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True)
         self.assertEqual(done.returncode, 0, done.stderr)
-        self.assertRegex(done.stdout, r"resuming (in epoch 2 at image|after epoch 1)")
+        self.assertRegex(done.stdout, r"resuming (in epoch %d at image|after epoch %d)"
+                         % (done_epochs + 1, done_epochs))
         summary = json.loads(done.stdout.splitlines()[-1])
         self.assertEqual((summary["epochs"], summary["workers"], summary["train_images"]),
-                         (3, 1, 12000))
+                         (done_epochs + 2, 1, 12000))
         # A broken resume reads ~10%. The bar is below 0.9 because per-sample
         # SGD at this rate (0.032) swings: measured here, 86.5-92.9% on 2,000
         # test images from one 2,000 training images to the next.
