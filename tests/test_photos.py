@@ -111,10 +111,13 @@ class UnevenLightTests(unittest.TestCase):
 
 @functools.lru_cache(maxsize=None)
 def small_network():
-    """A network trained on 5,000 images for 3 epochs (~88% accurate), once."""
+    """A network trained on 5,000 images for 3 epochs (~90% accurate), once.
+    The packed engine on every interpreter, so that the tests below see the
+    same network everywhere: PyPy's own engine trains a slightly different
+    one, on which 35 of the forty photos below read as their clean digits."""
     train, _ = mnist()
     settings = m.Settings(max_train=5000, epochs=3, learning_rate=m.default_learning_rate(5000))
-    engine = m.make_engine(m.NeuralNetwork(seed=1), "auto")
+    engine = m.make_engine(m.NeuralNetwork(seed=1), "packed")
     engine = m.fit(engine, train[:5000], None, settings, m.TrainingState(), m.StopFlag())
     return m.as_network(engine)
 
