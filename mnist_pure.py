@@ -5676,5 +5676,10 @@ def main(argv=None, console=None):
 
 if __name__ == "__main__":
     exit_code = main()
-    signal.signal(signal.SIGINT, signal.SIG_IGN)    # a late Ctrl-C must not interrupt the exit
+    while True:                 # a late Ctrl-C must not interrupt the exit, not even
+        try:                    # one that lands while the ignoring is being set up
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            break
+        except KeyboardInterrupt:
+            pass
     sys.exit(exit_code)
