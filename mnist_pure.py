@@ -717,17 +717,18 @@ def shift(image, rng):
     return bytes(out)
 
 
-def ink_bounds(image):
-    """(left, top, right, bottom), inclusive, around the inked pixels; None if
-    blank. bytes.strip(b"\\0") finds the first and last ink in C."""
+def ink_bounds(image, width=IMAGE_SIDE):
+    """(left, top, right, bottom), inclusive, around the nonzero pixels of an
+    image (bytes) `width` pixels wide; None if blank. bytes.strip(b"\\0") finds
+    the first and last ink in C."""
     core = image.strip(b"\0")
     if not core:
         return None
     first = len(image) - len(image.lstrip(b"\0"))
-    top, bottom = first // IMAGE_SIDE, (first + len(core) - 1) // IMAGE_SIDE
-    left, right = IMAGE_SIDE, -1
+    top, bottom = first // width, (first + len(core) - 1) // width
+    left, right = width, -1
     for row in range(top, bottom + 1):
-        line = image[row * IMAGE_SIDE:(row + 1) * IMAGE_SIDE]
+        line = image[row * width:(row + 1) * width]
         inked = line.strip(b"\0")
         if inked:
             start = len(line) - len(line.lstrip(b"\0"))
@@ -3872,15 +3873,6 @@ def choose_digit(marks, columns, rows, cell, short_side):
     return kept + near, notes
 
 
-def ink_box(width, height, ink, threshold=40):
-    """(left, top, right, bottom) around the ink, right/bottom excluded; None if blank."""
-    rows = [r for r in range(height) if max(ink[r * width:(r + 1) * width]) >= threshold]
-    if not rows:
-        return None
-    columns = [c for c in range(width) if max(ink[c::width]) >= threshold]
-    return columns[0], rows[0], columns[-1] + 1, rows[-1] + 1
-
-
 def resample(image, width, height, new_width, new_height):
     """Box-filter resampling: each new pixel is the average of the old area it
     covers (fractions of pixels counted by their share). Rows first, then columns."""
@@ -3977,7 +3969,8 @@ def prepare_digit_with_notes(width, height, luminance):
     keep = {k for mark in kept for k in mark.cells}
     erase(ink, inked, width, height, columns, cell,
           {k for mark in marks for k in mark.cells} - keep)
-    left, top, right, bottom = ink_box(width, height, inked, threshold=1)
+    left, top, right, bottom = ink_bounds(inked, width)          # section 9
+    right, bottom = right + 1, bottom + 1
     w, h = right - left, bottom - top
     crop = [ink[r * width + c] for r in range(top, bottom) for c in range(left, right)]
     scale = 20.0 / max(w, h)

@@ -192,8 +192,8 @@ class PreparationTests(Folder):
             cx = sum((i % 28) * v for i, v in enumerate(prepared)) / mass
             self.assertLess(abs(cy - 14), 1)
             self.assertLess(abs(cx - 14), 1)
-            box = m.ink_box(28, 28, list(prepared), threshold=1)
-            self.assertEqual(max(box[2] - box[0], box[3] - box[1]), 20)
+            box = m.ink_bounds(bytes(prepared))              # inclusive
+            self.assertEqual(max(box[2] - box[0], box[3] - box[1]) + 1, 20)
 
     def test_a_blank_page_has_no_ink(self):
         self.assertEqual(m.prepare_digit(5, 5, bytes([255] * 25)), bytes(784))
