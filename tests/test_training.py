@@ -1,7 +1,9 @@
 """Training: the lesson's train_until_mastery, the default recipe's learning,
 mastery, the schedule, seeds, resuming, distortions and early stopping."""
 
+import os
 import random
+import tempfile
 import unittest
 
 from helpers import mnist, weights, mnist_pure as m
@@ -72,8 +74,8 @@ class RecipeTests(unittest.TestCase):
         self.assertLess(state.history[-1].loss, state.history[0].loss)
 
     def test_the_default_learning_rate_is_hot_for_small_sets_and_cooler_for_large(self):
-        self.assertEqual(m.default_learning_rate(1000), 0.05)
-        self.assertEqual(m.default_learning_rate(5000), 0.05)
+        self.assertEqual(m.default_learning_rate(1000), 0.03)
+        self.assertEqual(m.default_learning_rate(13000), 0.03)
         self.assertAlmostEqual(m.default_learning_rate(60000), 0.05 * (5000 / 60000) ** 0.5)
         self.assertTrue(0.01 < m.default_learning_rate(60000) < 0.02)
 
@@ -240,6 +242,60 @@ class ResumeTests(unittest.TestCase):
 
     def test_resuming_is_exact_with_distortions_and_mini_batches_too(self):
         self.check_resume(engine="packed", augment="shift", batch_size=7)
+
+
+class OptimizerResumeTests(unittest.TestCase):
+    """Each optimizer, stopped and resumed through a checkpoint file, ends as the
+    unbroken run does, weight for weight: its state is in the checkpoint."""
+    OPTIONS = (dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
+               dict(optimizer="adam"), dict(weight_decay=1e-3), dict(dropout=0.3, batch_size=5))
+
+    def resumed(self, settings, engine, state, epochs):
+        """engine and state through a checkpoint file, then trained on to `epochs`."""
+        train, _ = mnist()
+        with tempfile.TemporaryDirectory() as folder:
+            path = os.path.join(folder, "ck.safetensors")
+            m.save_run(path, engine, settings, state)
+            network, _, _, state = m.load_run(path)
+        settings.epochs = epochs
+        engine = m.make_engine(network, settings.engine)
+        return m.fit(engine, train[:settings.max_train], None, settings, state, m.StopFlag())
+
+    def test_stopped_after_an_epoch(self):
+        for fields in self.OPTIONS:
+            for engine in ("packed", "lists"):
+                whole, _ = train_run(300, epochs=2, engine=engine, **fields)
+                part, state = train_run(300, epochs=1, engine=engine, **fields)
+                settings = m.Settings(max_train=300, epochs=1, engine=engine, augment="", **fields)
+                settings.choose_defaults(300)
+                part = self.resumed(settings, part, state, 2)
+                self.assertEqual(weights(part), weights(whole), (fields, engine))
+
+    def test_stopped_inside_an_epoch(self):
+        for fields in self.OPTIONS:
+            whole, _ = train_run(600, epochs=2, **fields)
+            part, state = train_run(600, epochs=2, stop_after=2, **fields)
+            self.assertEqual((state.epoch, state.position > 0), (0, True))
+            settings = m.Settings(max_train=600, epochs=2, engine="packed", augment="", **fields)
+            settings.choose_defaults(600)
+            part = self.resumed(settings, part, state, 2)
+            self.assertEqual(weights(part), weights(whole), fields)
+
+    def test_a_checkpoint_made_inside_an_epoch_holds_the_model_brought_up_to_date(self):
+        """Its fc tensors are the network as testing it would see it now, every
+        row caught up; its optimizer.* tensors, the rows as training left them."""
+        part, state = train_run(600, epochs=2, stop_after=2, momentum=0.9)
+        raw = m.rows_of(state.optimizer["optimizer.fc1.weight"][1], 784)
+        settled = m.as_network(part).weights[0]
+        up_to, steps = state.optimizer["optimizer.fc1.up_to"][1], state.optimizer[
+            "optimizer.steps"][1][0]
+        behind = [i for i in range(784) if up_to[i] < steps]
+        current = [i for i in range(784) if up_to[i] == steps]
+        self.assertTrue(behind and current)
+        self.assertTrue(any(abs(a - b) > 1e-9 for i in behind for a, b in zip(raw[i], settled[i])))
+        for i in current:
+            for a, b in zip(raw[i], settled[i]):
+                self.assertAlmostEqual(a, b, delta=1e-12)
 
 
 class EarlyStoppingTests(unittest.TestCase):
