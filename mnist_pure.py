@@ -4023,11 +4023,24 @@ def read_digit(path):
 # Every request is read within limits: the body's declared length is checked
 # before a byte of it is read, a client gets SERVE_TIMEOUT seconds of silence
 # at most, and at most PREPARE_AT_ONCE images are decoded at a time (a large
-# image's decoded pixels take memory).
+# image's decoded pixels take memory); a request that waits PREPARE_WAIT
+# seconds for its turn gets 503 (try again) rather than waiting on.
+#
+# Only this server's own page may use it. A page on another site can make the
+# browser send requests here too (a form's POST needs nobody's permission), and
+# with DNS rebinding (evil.example's name made to point at 127.0.0.1) even read
+# the answers, as if it were this page. So the Host header must name this
+# server (127.0.0.1, localhost, [::1], the --host address, or a name allowed
+# with --allow-host), and a POST whose Origin is another site's is refused:
+# both 403. Requests without an Origin come from no web page (curl, scripts).
 
-SERVE_MAX_BODY = 8 << 20      # bytes: a drawing is ~5 KiB, a photo the page scaled ~100 KiB
+SERVE_MAX_BODY = 8 << 20      # bytes: a drawing is ~5 KiB, a photo ~0.1-4 MiB
 SERVE_TIMEOUT = 20            # seconds a client may stay silent in the middle of a request
-PREPARE_AT_ONCE = 2           # images decoded at once; other requests wait their turn
+SERVE_BACKLOG = 128           # connections the system holds until they are accepted (http.server's
+                              # 5 made a burst of 100 clients see resets); the system may cap it
+PREPARE_AT_ONCE = 2           # images decoded at once; other requests wait their turn ...
+PREPARE_WAIT = 10             # ... this many seconds at most; then 503, with Retry-After
+RETRY_AFTER = 2               # seconds: the 503's advice
 UPLOAD_NAME = "upload"        # what error messages call the request's image
 
 
@@ -4543,6 +4556,61 @@ showNothing();
 """
 
 
+EVERY_INTERFACE = ("", "0.0.0.0", "::")         # --host values that listen on every interface
+OWN_NAMES = ("localhost", "127.0.0.1", "::1")   # this machine, as the Host header may name it
+# A Host header: a name or an IP address (IPv6 in brackets), perhaps with a
+# port: "127.0.0.1:8000", "[::1]:8000", "localhost". An origin is "http://" and the same.
+HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::([0-9]{1,5}))?")
+
+
+def is_loopback(host):
+    """True for the addresses only this machine can reach: 127.x.x.x, ::1, localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:            # a machine's name
+        return False
+
+
+def server_url(host, port):
+    """The address to open in a browser on this machine."""
+    if host in EVERY_INTERFACE:                  # every interface: this machine's is one
+        host = "127.0.0.1"
+    return "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
+
+
+def host_name(name):
+    """A host's name as Host headers are compared: lower case, and an IP
+    address in its usual form, without brackets ("[0:0::1]" is "::1")."""
+    name = name.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:            # a name, not an address
+        return name
+
+
+def host_and_port(text):
+    """(name, port) of a Host header's value (port None where it gives none),
+    or None if it is not one."""
+    match = HOST_HEADER.fullmatch(text.strip())
+    if not match:
+        return None
+    return host_name(match.group(1)), int(match.group(2)) if match.group(2) else None
+
+
+def same_origin(origin, host):
+    """Whether an Origin header ("http://127.0.0.1:8000") is that of a page
+    served under the Host header host ("127.0.0.1:8000"): http, the same name
+    and the same port (80 where none is given)."""
+    ours = host_and_port(host)
+    theirs = host_and_port(origin[len("http://"):]) if origin.startswith("http://") else None
+    return ours is not None and theirs is not None and \
+        (ours[0], ours[1] or 80) == (theirs[0], theirs[1] or 80)
+
+
 # Which methods each path answers; every other path is a 404. There is no
 # file serving at all: "/../../etc/passwd" is just another unknown path.
 SERVE_ROUTES = {"/": ("GET", "HEAD"),
@@ -4565,7 +4633,11 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
         """Every method lands here (see the do_ names below)."""
         path = self.path.split("?", 1)[0]       # "/?test=1" is the page too
         methods = SERVE_ROUTES.get(path)
-        if methods is None:
+        refused = self.refusal()
+        if refused:
+            self.skip_body()
+            self.send_error(403, refused)
+        elif methods is None:
             self.send_error(404, "nothing here: the page is at /, the API at /api/predict "
                                  "and /api/model")
         elif self.command not in methods:
@@ -4584,6 +4656,27 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
     # http.server calls do_<METHOD>; methods nobody knows (FOO) get its 501.
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = route
 
+    def refusal(self):
+        """Why this request is not this server's to answer (a 403's message), or
+        None. Its Host header must name this server (an HTTP/1.0 client may send
+        none; no browser does), and a POST (or any method but GET and HEAD) that
+        a web page sent, as its Origin header says, must come from this page."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            return "more than one Host header"
+        named = host_and_port(hosts[0]) if hosts else None
+        if hosts and (named is None or not self.server.allows_host(named[0])):
+            return ("the address asked for, %s, is not this server's: open %s, or start serve "
+                    "with --allow-host NAME to allow a name" % (
+                        printable(hosts[0].strip()[:80]),
+                        server_url(*self.server.server_address[:2])))
+        origin = self.headers.get("Origin")
+        if origin is not None and self.command not in ("GET", "HEAD") and \
+                not (hosts and same_origin(origin, hosts[0])):
+            return ("a page of another site (%s) may not use this server; only its own page may"
+                    % printable(origin.strip()[:80]))
+        return None
+
     def version_string(self):
         """The Server header: no Python version, nothing for an attacker to look up."""
         return "mnist_pure"
@@ -4592,9 +4685,16 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
         body = self.read_body()
         if body is None:
             return
+        if self.headers.get("Content-Type", "").strip().lower().startswith("multipart/"):
+            # A form upload (curl -F file=@x.png) wraps the file in a form's parts:
+            # refused, with the right command, rather than parsed (a parser is
+            # more code, and more to get wrong, for what one curl option does).
+            self.send_error(400, "the body must be the image file itself, not a form: "
+                                 "curl --data-binary @digit.png -H 'Content-Type: image/png' "
+                                 "%sapi/predict" % server_url(*self.server.server_address[:2]))
+            return
         try:
-            with self.server.preparing:
-                answer = digit_answer(self.server.network, body)
+            answer = self.in_turn(digit_answer, self.server.network, body)
         except MnistError as e:
             self.send_error(400, one_line(str(e)))
             return
@@ -4602,7 +4702,23 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
             self.log_message("error: %s", describe(e))
             self.send_error(500, "could not read this image (%s)" % describe(e))
             return
+        if answer is None:
+            self.send_json(503, {"error": "the server is busy (others' images are being read); "
+                                          "try again in a moment"},
+                           [("Retry-After", str(RETRY_AFTER))])
+            return
         self.send_json(200, answer)
+
+    def in_turn(self, work, *args):
+        """work(*args) once one of the PREPARE_AT_ONCE turns is free; None if
+        none is within PREPARE_WAIT seconds (the server is overwhelmed: better
+        a quick 503 than a client that waits on and on)."""
+        if not self.server.preparing.acquire(timeout=PREPARE_WAIT):
+            return None
+        try:
+            return work(*args)
+        finally:
+            self.server.preparing.release()
 
     def read_body(self):
         """The request's body, or None once an error is answered. The declared
@@ -4628,6 +4744,14 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(400, "the body ended after %d of its %d bytes" % (len(body), length))
             return None
         return body
+
+    def skip_body(self):
+        """Read and drop the body of a request that is refused, if it is within
+        the limit: a socket closed with unread data in it resets the connection,
+        and the client, still sending, would see the reset and not the answer."""
+        length = self.headers.get("Content-Length", "").strip()
+        if CONTENT_LENGTH.fullmatch(length) and int(length) <= SERVE_MAX_BODY:
+            self.rfile.read(int(length))
 
     def send_body(self, status, content_type, body, headers=()):
         self.send_response(status)
@@ -4660,15 +4784,30 @@ class DigitServer(http.server.ThreadingHTTPServer):
     """The HTTP server of `serve`: one thread per request, the network shared
     by all (its forward pass only reads the weights)."""
     daemon_threads = True         # a client that hangs on never keeps the program from exiting
+    request_queue_size = SERVE_BACKLOG    # socketserver's name for the listen backlog
 
-    def __init__(self, address, network, metadata, log=None):
+    def __init__(self, address, network, metadata, log=None, allowed_hosts=()):
         self.network = network
         self.model = model_description(network, metadata)
         self.log = log            # where --verbose writes; None: silent
         self.preparing = threading.BoundedSemaphore(PREPARE_AT_ONCE)
+        named = [name for name in [address[0]] + list(allowed_hosts) if name not in EVERY_INTERFACE]
+        self.host_names = set(OWN_NAMES) | {host_name(name) for name in named}
+        self.every_interface = address[0] in EVERY_INTERFACE
         if ":" in address[0]:     # an IPv6 address, such as ::1
             self.address_family = socket.AF_INET6
         super().__init__(address, DigitRequestHandler)
+
+    def allows_host(self, name):
+        """Whether a Host header's name (see host_name) names this server. On
+        every interface, any IP address does: the machine has several, and a
+        site can point a name at this machine, never an address."""
+        if name in self.host_names:
+            return True
+        try:
+            return self.every_interface and bool(ipaddress.ip_address(name))
+        except ValueError:
+            return False
 
     def server_bind(self):
         """Bind, without http.server's reverse DNS lookup of the host's name,
@@ -4684,11 +4823,12 @@ class DigitServer(http.server.ThreadingHTTPServer):
                                                      printable(describe(sys.exc_info()[1]))))
 
 
-def make_digit_server(network, metadata, host="127.0.0.1", port=0, log=None):
+def make_digit_server(network, metadata, host="127.0.0.1", port=0, log=None, allowed_hosts=()):
     """A DigitServer listening on host:port (port 0: any free port), not yet
-    serving: call its serve_forever(), and shutdown() from another thread to stop."""
+    serving: call its serve_forever(), and shutdown() from another thread to
+    stop. allowed_hosts: names the Host header may give besides the address's."""
     try:
-        return DigitServer((host, port), network, metadata, log)
+        return DigitServer((host, port), network, metadata, log, allowed_hosts)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise MnistError("port %d is already in use (by another server?); choose another "
@@ -4698,23 +4838,6 @@ def make_digit_server(network, metadata, host="127.0.0.1", port=0, log=None):
                              "choose another with --port N" % port)
         raise MnistError("cannot listen on %s port %d (%s)" % (host, port,
                                                                e.strerror or describe(e)))
-
-
-def is_loopback(host):
-    """True for the addresses only this machine can reach: 127.x.x.x, ::1, localhost."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:            # a machine's name
-        return False
-
-
-def server_url(host, port):
-    """The address to open in a browser on this machine."""
-    if host in ("", "0.0.0.0", "::"):            # every interface: this machine's is one
-        host = "127.0.0.1"
-    return "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
 
 
 def open_in_browser(url, console):
@@ -4728,10 +4851,11 @@ def open_in_browser(url, console):
 
 
 def serve_digits(network, metadata, console, source="", host="127.0.0.1", port=8000,
-                 open_browser=False, verbose=False):
+                 open_browser=False, verbose=False, allowed_hosts=()):
     """`serve`: answer the page's requests until Ctrl-C, then close the socket.
     Returns the exit code: 130, as for any Ctrl-C (see main)."""
-    server = make_digit_server(network, metadata, host, port, console.note if verbose else None)
+    server = make_digit_server(network, metadata, host, port, console.note if verbose else None,
+                               allowed_hosts)
     url = server_url(host, server.server_address[1])
     if not is_loopback(host):
         console.note("warning: listening on %s: anyone who can reach this machine on port %d "
@@ -5599,6 +5723,16 @@ def port_number(text):
     return value
 
 
+def allowed_host(text):
+    """An argparse type: a name the Host header may give (--allow-host), such
+    as mybox.local or 192.168.1.20 (no port, no scheme)."""
+    named = host_and_port(text)
+    if named is None or named[1] is not None or not text.strip():
+        raise argparse.ArgumentTypeError("%r is not a host name such as mybox.local or "
+                                         "192.168.1.20 (no port, no http://)" % text)
+    return named[0]
+
+
 def build_serve_parser():
     parser = Parser(
         prog="mnist_pure.py serve", allow_abbrev=False,
@@ -5614,6 +5748,12 @@ def build_serve_parser():
                              "0.0.0.0: every machine that can reach this one)")
     parser.add_argument("--port", type=port_number, default=8000,
                         help="the port to listen on (default 8000; 0: any free port)")
+    parser.add_argument("--allow-host", type=allowed_host, action="append", default=[],
+                        metavar="NAME",
+                        help="a name the page may be opened under besides the address's own "
+                             "(127.0.0.1, localhost, [::1], --host), such as the machine's "
+                             "name on the network; repeat for several. Requests naming any "
+                             "other get 403: a guard against DNS rebinding")
     parser.add_argument("--open", action="store_true", help="open the page in a browser")
     parser.add_argument("--verbose", action="store_true", help="log one line per request")
     return parser
@@ -5623,8 +5763,8 @@ def run_serve(args, console):
     """`serve`: the drawing page and its API, until Ctrl-C (section 20)."""
     network, metadata = model_or_advice(args.load)
     return serve_digits(make_engine(network, "auto"), metadata, console, source=args.load,
-                        host=args.host,
-                        port=args.port, open_browser=args.open, verbose=args.verbose)
+                        host=args.host, port=args.port, open_browser=args.open,
+                        verbose=args.verbose, allowed_hosts=args.allow_host)
 
 
 def run(argv, console):
