@@ -4006,8 +4006,10 @@ def read_digit(path):
 # =============================================================================
 # `python mnist_pure.py serve` runs a small web server (the standard library's
 # http.server) with one page and one API. Each side does what it does best:
-#   - the browser draws (mouse, finger or pen) and decodes photos in any format
-#     it knows (JPEG, HEIC, WebP ...), then sends the pixels as a PNG;
+#   - the browser draws (mouse, finger or pen) and sends the drawing as a PNG;
+#     a photo that is a PNG file goes as the file itself, and one in any other
+#     format the browser knows (JPEG, HEIC, WebP ...) is decoded by the browser
+#     and sent as a PNG of the photo at its own shape;
 #   - this program reads that PNG, prepares it exactly as `predict` does
 #     (section 19: the same functions), runs the network, and answers with the
 #     guess, the ten probabilities, the 28x28 image the network saw and the
@@ -4054,16 +4056,20 @@ def network_answer(network, image):
 
 def digit_answer(network, content):
     """POST /api/predict's answer for an uploaded image file's content: the
-    same reading and preparation as `predict`, then the network's answer."""
+    same reading and preparation as `predict`, then the network's answer.
+    Where there is no digit to read, guess, probabilities and hidden are None
+    (null) and warnings says why."""
     try:
         image, warnings = prepare_digit_with_notes(*decode_image(UPLOAD_NAME, content))
     except MnistError as e:
         if str(e).startswith(UPLOAD_NAME + ":"):      # the file itself could not be read
             raise
         image, warnings = bytes(N_PIXELS), [str(e)]   # readable, but no digit to read
+    if not any(image):            # no digit: nothing for the network to read, no answer of its
+        return {"guess": None, "probabilities": None, "image": list(image), "hidden": None,
+                "warnings": warnings}       # (on a blank image it would still "see" some digit)
     p, hidden = network_answer(network, image)
-    inked = any(image)
-    return {"guess": argmax(p) if inked else None,      # no digit, no guess
+    return {"guess": argmax(p),
             "probabilities": p,
             "image": list(image),
             "hidden": [[round(value, 4) for value in layer] for layer in hidden],
@@ -4102,7 +4108,7 @@ def printable(text):
 
 
 # The page: HTML, CSS and JavaScript in one string, served as it is. Its
-# script draws, sends the drawing as a PNG (at most one request in flight, one
+# script draws, sends the drawing or photo (at most one request in flight, one
 # every 150 ms while drawing), and draws the answer: bars, the 28x28 image the
 # network saw, and one picture per hidden layer, whatever their number and size.
 PAGE = r"""<!DOCTYPE html>
@@ -4122,9 +4128,11 @@ header, main, footer { max-width: 980px; margin: 0 auto; padding: 0 16px; }
 header { padding-top: 18px; }
 h1 { font-size: 1.5rem; margin: 0; }
 header p { margin: 2px 0 0; color: var(--muted); }
-main { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px; margin-top: 14px; }
+main { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px;
+       margin-top: 14px; }
 @media (max-width: 720px) { main { grid-template-columns: minmax(0, 1fr); } }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 16px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 12px;
+        padding: 16px; }
 h2 { font-size: 1rem; margin: 0 0 10px; }
 #pad { display: block; width: 100%; max-width: 420px; aspect-ratio: 1 / 1; margin: 0 auto;
        background: #fff; border: 2px dashed var(--line); border-radius: 8px;
@@ -4172,14 +4180,17 @@ footer { padding-top: 14px; padding-bottom: 24px; color: var(--muted); font-size
   <section class="card" id="drawing" aria-labelledby="drawing-title">
     <h2 id="drawing-title">Your digit</h2>
     <canvas id="pad" role="img"
-            aria-label="Drawing area: draw one digit, 0 to 9, with a mouse, finger or pen, or drop a photo of one here"></canvas>
+            aria-label="Drawing area: draw one digit, 0 to 9, with a mouse, finger or pen,
+                        or drop a photo of one here"></canvas>
     <div class="tools">
       <button type="button" id="undo" aria-label="Undo the last stroke">Undo</button>
       <button type="button" id="clear" aria-label="Clear the drawing">Clear</button>
-      <button type="button" id="photo" aria-label="Read a digit from a photo or an image file">Photo&hellip;</button>
+      <button type="button" id="photo"
+              aria-label="Read a digit from a photo or an image file">Photo&hellip;</button>
       <label class="pen" for="pen">Pen <input type="range" id="pen" min="6" max="40" value="24"
              aria-label="Pen width"></label>
-      <input type="file" id="file" accept="image/*" class="visually-hidden" tabindex="-1" aria-hidden="true">
+      <input type="file" id="file" accept="image/*" class="visually-hidden" tabindex="-1"
+             aria-hidden="true">
     </div>
     <p class="hint">One digit, about as large as the box. Or drop a photo of one here.</p>
   </section>
@@ -4202,14 +4213,17 @@ footer { padding-top: 14px; padding-bottom: 24px; color: var(--muted); font-size
   </section>
 </main>
 <footer>
-  Your drawing goes to this program only (<code>POST /api/predict</code>, as a PNG); it prepares
-  it with the same code as <code>mnist_pure.py predict</code> and answers with the guess, the ten
-  probabilities, the image above and the hidden units' activity (brighter: more active).
+  Your drawing goes to this program only (<code>POST /api/predict</code>, as a PNG; a photo as
+  its own PNG file, or else as a PNG of it at its own shape); it prepares it with the same code
+  as <code>mnist_pure.py predict</code> and answers with the guess, the ten probabilities, the
+  image above and the hidden units' activity (brighter: more active).
 </footer>
 <script>
 "use strict";
 const SEND_SIDE = 140;      // drawings go as 140x140 PNGs: 5x MNIST's side, quick to decode
-const PHOTO_SIDE = 280;     // photos get more: their digit may fill less of the frame
+const FILE_LIMIT = 8 << 20; // bytes: the server's limit on a body (SERVE_MAX_BODY)
+const PHOTO_PIXELS = 1200000; // photos the page encodes go as PNGs of at most this many pixels
+const BESIDE_PHOTO = "#dfe3ea"; // the pad beside a photo: not part of it, so shaded
 const THROTTLE_MS = 150;    // while drawing, at most one request this often
 const PEN_SCALE = 280;      // the pen slider counts pixels of a 280-pixel pad
 const LAYER_WIDTH = 140;    // CSS pixels of each hidden layer's picture
@@ -4227,13 +4241,14 @@ const layersBox = document.getElementById("layers");
 // What the page knows; with ?test=1 in the address, tests read it as window.mnistState.
 // drawingVersion counts changes to the drawing; answeredVersion is the version
 // the answer on show belongs to: equal (and not busy) means the page is settled.
-const state = { drawingVersion: 0, answeredVersion: 0, busy: false, requests: 0,
+// sent says what the last request carried: "file" (a photo's own bytes) or "png WxH".
+const state = { drawingVersion: 0, answeredVersion: 0, busy: false, requests: 0, sent: null,
                 guess: null, probabilities: null, image: null, hidden: null,
                 warnings: [], error: null };
 if (new URLSearchParams(location.search).has("test")) window.mnistState = state;
 
 let strokes = [];           // each {width, points: [[x, y], ...]}, in units of the pad's side
-let photo = null;           // an ImageBitmap or <img>, drawn under the strokes
+let photo = null;           // {image: an ImageBitmap or <img>, file: its PNG file or null}
 let activePointer = null;   // the pointer drawing now (a second finger is ignored)
 let timer = null;           // the next request, when one is scheduled
 let lastSent = -Infinity;   // when the last request left (performance.now())
@@ -4243,37 +4258,58 @@ function isEmpty() {
   return strokes.length === 0 && photo === null;
 }
 
-// The drawing, painted on a square canvas context of `side` pixels: white paper,
-// the photo if any (scaled to fit), black strokes. The same function paints the
-// pad on screen and the PNG sent to the server.
-function paint(context, side) {
-  context.fillStyle = "#fff";
-  context.fillRect(0, 0, side, side);
-  if (photo) {
-    const scale = Math.min(side / photo.width, side / photo.height);
-    const w = photo.width * scale, h = photo.height * scale;
-    context.drawImage(photo, (side - w) / 2, (side - h) / 2, w, h);
-  }
+// Strokes, in units of the pad's side, painted at `scale` pixels per unit, the
+// point (left, top) of the pad at the canvas's corner.
+function paintStrokes(context, scale, left, top) {
   context.fillStyle = context.strokeStyle = "#000";
   context.lineCap = context.lineJoin = "round";
+  const at = ([x, y]) => [(x - left) * scale, (y - top) * scale];
   for (const stroke of strokes) {
-    const [x0, y0] = stroke.points[0];
+    const [x0, y0] = at(stroke.points[0]);
     if (stroke.points.length === 1) {     // a dot: a path of one point draws nothing
       context.beginPath();
-      context.arc(x0 * side, y0 * side, stroke.width * side / 2, 0, 2 * Math.PI);
+      context.arc(x0, y0, stroke.width * scale / 2, 0, 2 * Math.PI);
       context.fill();
       continue;
     }
-    context.lineWidth = stroke.width * side;
+    context.lineWidth = stroke.width * scale;
     context.beginPath();
-    context.moveTo(x0 * side, y0 * side);
-    for (const [x, y] of stroke.points.slice(1)) context.lineTo(x * side, y * side);
+    context.moveTo(x0, y0);
+    for (const point of stroke.points.slice(1)) context.lineTo(...at(point));
     context.stroke();
   }
 }
 
+// Where the photo lies on the pad, in units of the pad's side: scaled to fit, centred.
+function photoBox() {
+  const scale = 1 / Math.max(photo.image.width, photo.image.height);
+  const width = photo.image.width * scale, height = photo.image.height * scale;
+  return { left: (1 - width) / 2, top: (1 - height) / 2, width, height };
+}
+
+// The pad on screen: white paper and the strokes; or the photo, scaled to fit,
+// with the strokes on it (and only on it: the pad beside a photo is not part
+// of what is read, so it is shaded, and ink there is not drawn).
 function redraw() {
-  paint(pad.getContext("2d"), pad.width);
+  const context = pad.getContext("2d");
+  const side = pad.width;
+  context.fillStyle = photo ? BESIDE_PHOTO : "#fff";
+  context.fillRect(0, 0, side, side);
+  if (!photo) {
+    paintStrokes(context, side, 0, 0);
+    return;
+  }
+  const box = photoBox();
+  context.save();
+  context.beginPath();
+  context.rect(box.left * side, box.top * side, box.width * side, box.height * side);
+  context.clip();
+  context.fillStyle = "#fff";           // under a photo's transparent parts, as the server does
+  context.fillRect(0, 0, side, side);
+  context.drawImage(photo.image, box.left * side, box.top * side,
+                    box.width * side, box.height * side);
+  paintStrokes(context, side, 0, 0);
+  context.restore();
 }
 
 // The pad's pixels follow its size on screen (times the screen's density), so
@@ -4284,14 +4320,51 @@ function fitPad() {
   redraw();
 }
 
-function drawingAsPng() {
-  const side = photo ? PHOTO_SIDE : SEND_SIDE;
-  const canvas = document.createElement("canvas");
-  canvas.width = canvas.height = side;
-  paint(canvas.getContext("2d"), side);
+function canvasAsPng(canvas) {
   return new Promise((resolve, reject) => canvas.toBlob(
     (blob) => blob ? resolve(blob) : reject(new Error("the browser could not make a PNG")),
     "image/png"));
+}
+
+// What goes to the server, so that a photo is read as `predict` reads its file:
+//   - a drawing: a SEND_SIDE square PNG, black strokes on white;
+//   - a photo that is a PNG file: the file itself, byte for byte, so the
+//     answer is exactly `predict`'s for that file;
+//   - any other photo (JPEG, HEIC, WebP ...; a PNG the server cannot read, such
+//     as an interlaced one; a photo with strokes drawn on it): a PNG of the
+//     photo as the browser decoded it, at its own shape (never squared onto
+//     white paper: the paper beside it would be brighter than the photo's own,
+//     and its edges and shadows would read as ink), with the strokes on it.
+//     Only a photo of over PHOTO_PIXELS is scaled down, by a whole factor: the
+//     server works on at most 300,000 pixels anyway (WORK_PIXELS: it shrinks
+//     larger images itself, averaging blocks of a whole number of pixels), and
+//     1.2 megapixels stay under the server's limit on a body even at 4 bytes a
+//     pixel, uncompressed.
+// Returns [body, description] (the description is for state.sent).
+async function requestBody() {
+  const canvas = document.createElement("canvas");
+  if (!photo) {
+    canvas.width = canvas.height = SEND_SIDE;
+    const context = canvas.getContext("2d");
+    context.fillStyle = "#fff";
+    context.fillRect(0, 0, SEND_SIDE, SEND_SIDE);
+    paintStrokes(context, SEND_SIDE, 0, 0);
+    return [await canvasAsPng(canvas), "png " + SEND_SIDE + "x" + SEND_SIDE];
+  }
+  if (photo.file && strokes.length === 0) return [photo.file, "file"];
+  const { width, height } = photo.image;
+  let factor = 1;
+  while (Math.floor(width / factor) * Math.floor(height / factor) > PHOTO_PIXELS) factor += 1;
+  canvas.width = Math.max(1, Math.floor(width / factor));
+  canvas.height = Math.max(1, Math.floor(height / factor));
+  const context = canvas.getContext("2d");
+  context.imageSmoothingQuality = "high";
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(photo.image, 0, 0, canvas.width, canvas.height);
+  const box = photoBox();
+  paintStrokes(context, canvas.width / box.width, box.left, box.top);
+  return [await canvasAsPng(canvas), "png " + canvas.width + "x" + canvas.height];
 }
 
 // Every change to the drawing comes here: repaint, then ask the server (soon).
@@ -4323,10 +4396,16 @@ async function send() {
   state.requests += 1;
   lastSent = performance.now();
   try {
-    const body = await drawingAsPng();
-    const response = await fetch("/api/predict",
-                                 { method: "POST", headers: { "Content-Type": "image/png" }, body });
+    const [body, sent] = await requestBody();
+    state.sent = sent;
+    const response = await fetch("/api/predict", { method: "POST", body,
+                                                   headers: { "Content-Type": "image/png" } });
     const answer = await response.json();
+    if (response.status === 400 && photo && body === photo.file) {
+      photo.file = null;        // the server cannot read this PNG file: send the browser's decoding
+      drawingChanged();
+      return;
+    }
     if (!response.ok) throw new Error(answer.error || "the server answered " + response.status);
     if (!stale()) show(answer);
     state.error = null;
@@ -4402,6 +4481,16 @@ function drawLayers(hidden) {
   });
 }
 
+// No digit, no activity to show: the layers dark, and their captions say only their size.
+function quietLayers() {
+  [...layersBox.children].forEach((figure, k) => {
+    const canvas = figure.querySelector("canvas");
+    drawGrey(canvas, [], 0);
+    figure.querySelector("figcaption").textContent =
+      "Hidden layer " + (k + 1) + ": " + figure.dataset.units + " units";
+  });
+}
+
 function layerFigure(layer, k) {
   const columns = Math.ceil(Math.sqrt(layer.length));
   const rows = Math.ceil(layer.length / columns);
@@ -4413,6 +4502,7 @@ function layerFigure(layer, k) {
   canvas.setAttribute("role", "img");
   canvas.setAttribute("aria-label", "Activity of hidden layer " + (k + 1));
   const figure = document.createElement("figure");
+  figure.dataset.units = layer.length;
   figure.append(canvas, document.createElement("figcaption"));
   return figure;
 }
@@ -4420,23 +4510,26 @@ function layerFigure(layer, k) {
 function show(answer) {
   Object.assign(state, { guess: answer.guess, probabilities: answer.probabilities,
                          image: answer.image, hidden: answer.hidden, warnings: answer.warnings });
-  const p = answer.probabilities;
+  const p = answer.probabilities;       // null, as guess and hidden, where there is no digit
   guessBox.textContent = answer.guess === null ? "?" : String(answer.guess);
-  confidence.textContent = answer.guess === null ? "" : percent(p[answer.guess]) + " sure";
+  confidence.textContent = answer.guess === null ? "no digit to read"
+                                                  : percent(p[answer.guess]) + " sure";
   statusLine.textContent = answer.warnings.join("; ");
   drawBars(answer.guess === null ? null : p, answer.guess);
   drawGrey(seen, answer.image, 255);
-  drawLayers(answer.hidden);
+  if (answer.hidden) drawLayers(answer.hidden);
+  else quietLayers();
 }
 
 function showNothing() {
-  Object.assign(state, { guess: null, probabilities: null, image: null, warnings: [], error: null });
+  Object.assign(state, { guess: null, probabilities: null, image: null, hidden: null,
+                         warnings: [], error: null });
   guessBox.textContent = "?";
   confidence.textContent = "draw a digit";
   statusLine.textContent = "";
   drawBars(null, null);
   drawGrey(seen, [], 255);
-  for (const figure of layersBox.children) drawGrey(figure.querySelector("canvas"), [], 0);
+  quietLayers();
 }
 
 // Drawing with Pointer Events: one code path for mouse, finger and pen.
@@ -4489,7 +4582,8 @@ document.addEventListener("keydown", (event) => {
 });
 
 // Photos: the browser decodes whatever it can (JPEG, PNG, WebP, HEIC on Apple
-// devices ...); the pixels then travel like a drawing's.
+// devices ...) to show it on the pad; what is sent is the file itself if it is
+// a PNG, else the browser's decoding (see requestBody).
 async function decodePhoto(file) {
   if (window.createImageBitmap) {
     try {
@@ -4510,9 +4604,16 @@ async function decodePhoto(file) {
   });
 }
 
+const PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
+
 async function loadPhoto(file) {
   try {
-    photo = await decodePhoto(file);
+    const image = await decodePhoto(file);
+    const head = new Uint8Array(await file.slice(0, 8).arrayBuffer());
+    const isPng = PNG_SIGNATURE.every((byte, i) => head[i] === byte);
+    // The bytes are read now: the file on disk may change or vanish later.
+    const bytes = isPng && file.size <= FILE_LIMIT ? await file.arrayBuffer() : null;
+    photo = { image, file: bytes && new Blob([bytes], { type: "image/png" }) };
     strokes = [];
     drawingChanged();
   } catch (error) {
@@ -4542,9 +4643,14 @@ window.addEventListener("drop", (event) => event.preventDefault());
 // The model's description, for the line under the title.
 fetch("/api/model").then((response) => response.json()).then((model) => {
   const parts = [model.architecture + " network"];
-  if (model.test_accuracy !== null) parts.push((100 * model.test_accuracy).toFixed(2) + "% on MNIST's test set");
-  if (model.training_images) parts.push("trained on " + model.training_images.toLocaleString("en") + " images");
-  document.getElementById("model").textContent = "A neural network in pure Python reads it as you draw: " + parts.join(", ") + ".";
+  if (model.test_accuracy !== null) {
+    parts.push((100 * model.test_accuracy).toFixed(2) + "% on MNIST's test set");
+  }
+  if (model.training_images) {
+    parts.push("trained on " + model.training_images.toLocaleString("en") + " images");
+  }
+  document.getElementById("model").textContent =
+    "A neural network in pure Python reads it as you draw: " + parts.join(", ") + ".";
 }).catch(() => {});
 
 new ResizeObserver(fitPad).observe(pad);

@@ -147,6 +147,11 @@ class PageTests(ServerTestCase):
         self.assertIn('accept="image/*"', page)
         self.assertIn('name="viewport"', page)
 
+    def test_the_pages_limit_on_a_file_it_sends_as_it_is_is_the_servers(self):
+        page = self.request("GET", "/").body.decode("utf-8")
+        shift = re.search(r"const FILE_LIMIT = (\d+) << (\d+);", page)
+        self.assertEqual(int(shift.group(1)) << int(shift.group(2)), m.SERVE_MAX_BODY)
+
     def test_a_query_string_still_gets_the_page(self):
         self.assertEqual(self.request("GET", "/?test=1").body, self.request("GET", "/").body)
 
@@ -195,11 +200,14 @@ class PredictTests(ServerTestCase):
         pgm = b"P5 28 28 255\n" + test.image(2)
         self.assertEqual(self.predict(pgm).json["guess"], test.labels[2])
 
-    def test_a_blank_page_gets_no_guess_and_a_warning(self):
+    def test_a_blank_page_gets_no_guess_no_probabilities_and_a_warning(self):
         answer = self.predict(pngmaker.encode(10, 10, [[255] * 10] * 10, 0))
         self.assertEqual(answer.status, 200)
         self.assertIsNone(answer.json["guess"])
-        self.assertEqual(answer.json["warnings"], ["no ink found in the image (no marks stand out from the paper around them)"])
+        self.assertIsNone(answer.json["probabilities"])     # no digit: no claim of one
+        self.assertIsNone(answer.json["hidden"])
+        self.assertEqual(answer.json["warnings"], ["no ink found in the image (no marks stand "
+                                                   "out from the paper around them)"])
         self.assertEqual(answer.json["image"], [0] * 784)
 
     def test_ten_requests_at_once_are_all_answered(self):
