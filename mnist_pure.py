@@ -4404,8 +4404,10 @@ def read_digit(path):
 # =============================================================================
 # `python mnist_pure.py serve` runs a small web server (the standard library's
 # http.server) with one page and one API. Each side does what it does best:
-#   - the browser draws (mouse, finger or pen) and decodes photos in any format
-#     it knows (JPEG, HEIC, WebP ...), then sends the pixels as a PNG;
+#   - the browser draws (mouse, finger or pen) and sends the drawing as a PNG;
+#     a photo that is a PNG file goes as the file itself, and one in any other
+#     format the browser knows (JPEG, HEIC, WebP ...) is decoded by the browser
+#     and sent as a PNG of the photo at its own shape;
 #   - this program reads that PNG, prepares it exactly as `predict` does
 #     (section 19: the same functions), runs the network, and answers with the
 #     guess, the ten probabilities, the 28x28 image the network saw and the
@@ -4421,11 +4423,24 @@ def read_digit(path):
 # Every request is read within limits: the body's declared length is checked
 # before a byte of it is read, a client gets SERVE_TIMEOUT seconds of silence
 # at most, and at most PREPARE_AT_ONCE images are decoded at a time (a large
-# image's decoded pixels take memory).
+# image's decoded pixels take memory); a request that waits PREPARE_WAIT
+# seconds for its turn gets 503 (try again) rather than waiting on.
+#
+# Only this server's own page may use it. A page on another site can make the
+# browser send requests here too (a form's POST needs nobody's permission), and
+# with DNS rebinding (evil.example's name made to point at 127.0.0.1) even read
+# the answers, as if it were this page. So the Host header must name this
+# server (127.0.0.1, localhost, [::1], the --host address, or a name allowed
+# with --allow-host), and a POST whose Origin is another site's is refused:
+# both 403. Requests without an Origin come from no web page (curl, scripts).
 
-SERVE_MAX_BODY = 8 << 20      # bytes: a drawing is ~5 KiB, a photo the page scaled ~100 KiB
+SERVE_MAX_BODY = 8 << 20      # bytes: a drawing is ~5 KiB, a photo ~0.1-4 MiB
 SERVE_TIMEOUT = 20            # seconds a client may stay silent in the middle of a request
-PREPARE_AT_ONCE = 2           # images decoded at once; other requests wait their turn
+SERVE_BACKLOG = 128           # connections the system holds until they are accepted (http.server's
+                              # 5 made a burst of 100 clients see resets); the system may cap it
+PREPARE_AT_ONCE = 2           # images decoded at once; other requests wait their turn ...
+PREPARE_WAIT = 10             # ... this many seconds at most; then 503, with Retry-After
+RETRY_AFTER = 2               # seconds: the 503's advice
 UPLOAD_NAME = "upload"        # what error messages call the request's image
 
 
@@ -4439,16 +4454,20 @@ def network_answer(network, image):
 
 def digit_answer(network, content):
     """POST /api/predict's answer for an uploaded image file's content: the
-    same reading and preparation as `predict`, then the network's answer."""
+    same reading and preparation as `predict`, then the network's answer.
+    Where there is no digit to read, guess, probabilities and hidden are None
+    (null) and warnings says why."""
     try:
         image, warnings = prepare_digit_with_notes(*decode_image(UPLOAD_NAME, content))
     except MnistError as e:
         if str(e).startswith(UPLOAD_NAME + ":"):      # the file itself could not be read
             raise
         image, warnings = bytes(N_PIXELS), [str(e)]   # readable, but no digit to read
+    if not any(image):            # no digit: nothing for the network to read, no answer of its
+        return {"guess": None, "probabilities": None, "image": list(image), "hidden": None,
+                "warnings": warnings}       # (on a blank image it would still "see" some digit)
     p, hidden = network_answer(network, image)
-    inked = any(image)
-    return {"guess": argmax(p) if inked else None,      # no digit, no guess
+    return {"guess": argmax(p),
             "probabilities": p,
             "image": list(image),
             "hidden": [[round(value, 4) for value in layer] for layer in hidden],
@@ -4487,7 +4506,7 @@ def printable(text):
 
 
 # The page: HTML, CSS and JavaScript in one string, served as it is. Its
-# script draws, sends the drawing as a PNG (at most one request in flight, one
+# script draws, sends the drawing or photo (at most one request in flight, one
 # every 150 ms while drawing), and draws the answer: bars, the 28x28 image the
 # network saw, and one picture per hidden layer, whatever their number and size.
 PAGE = r"""<!DOCTYPE html>
@@ -4507,9 +4526,11 @@ header, main, footer { max-width: 980px; margin: 0 auto; padding: 0 16px; }
 header { padding-top: 18px; }
 h1 { font-size: 1.5rem; margin: 0; }
 header p { margin: 2px 0 0; color: var(--muted); }
-main { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px; margin-top: 14px; }
+main { display: grid; grid-template-columns: minmax(0, 1fr) minmax(0, 1fr); gap: 16px;
+       margin-top: 14px; }
 @media (max-width: 720px) { main { grid-template-columns: minmax(0, 1fr); } }
-.card { background: var(--card); border: 1px solid var(--line); border-radius: 12px; padding: 16px; }
+.card { background: var(--card); border: 1px solid var(--line); border-radius: 12px;
+        padding: 16px; }
 h2 { font-size: 1rem; margin: 0 0 10px; }
 #pad { display: block; width: 100%; max-width: 420px; aspect-ratio: 1 / 1; margin: 0 auto;
        background: #fff; border: 2px dashed var(--line); border-radius: 8px;
@@ -4557,14 +4578,17 @@ footer { padding-top: 14px; padding-bottom: 24px; color: var(--muted); font-size
   <section class="card" id="drawing" aria-labelledby="drawing-title">
     <h2 id="drawing-title">Your digit</h2>
     <canvas id="pad" role="img"
-            aria-label="Drawing area: draw one digit, 0 to 9, with a mouse, finger or pen, or drop a photo of one here"></canvas>
+            aria-label="Drawing area: draw one digit, 0 to 9, with a mouse, finger or pen,
+                        or drop a photo of one here"></canvas>
     <div class="tools">
       <button type="button" id="undo" aria-label="Undo the last stroke">Undo</button>
       <button type="button" id="clear" aria-label="Clear the drawing">Clear</button>
-      <button type="button" id="photo" aria-label="Read a digit from a photo or an image file">Photo&hellip;</button>
+      <button type="button" id="photo"
+              aria-label="Read a digit from a photo or an image file">Photo&hellip;</button>
       <label class="pen" for="pen">Pen <input type="range" id="pen" min="6" max="40" value="24"
              aria-label="Pen width"></label>
-      <input type="file" id="file" accept="image/*" class="visually-hidden" tabindex="-1" aria-hidden="true">
+      <input type="file" id="file" accept="image/*" class="visually-hidden" tabindex="-1"
+             aria-hidden="true">
     </div>
     <p class="hint">One digit, about as large as the box. Or drop a photo of one here.</p>
   </section>
@@ -4587,14 +4611,17 @@ footer { padding-top: 14px; padding-bottom: 24px; color: var(--muted); font-size
   </section>
 </main>
 <footer>
-  Your drawing goes to this program only (<code>POST /api/predict</code>, as a PNG); it prepares
-  it with the same code as <code>mnist_pure.py predict</code> and answers with the guess, the ten
-  probabilities, the image above and the hidden units' activity (brighter: more active).
+  Your drawing goes to this program only (<code>POST /api/predict</code>, as a PNG; a photo as
+  its own PNG file, or else as a PNG of it at its own shape); it prepares it with the same code
+  as <code>mnist_pure.py predict</code> and answers with the guess, the ten probabilities, the
+  image above and the hidden units' activity (brighter: more active).
 </footer>
 <script>
 "use strict";
 const SEND_SIDE = 140;      // drawings go as 140x140 PNGs: 5x MNIST's side, quick to decode
-const PHOTO_SIDE = 280;     // photos get more: their digit may fill less of the frame
+const FILE_LIMIT = 8 << 20; // bytes: the server's limit on a body (SERVE_MAX_BODY)
+const PHOTO_PIXELS = 1200000; // photos the page encodes go as PNGs of at most this many pixels
+const BESIDE_PHOTO = "#dfe3ea"; // the pad beside a photo: not part of it, so shaded
 const THROTTLE_MS = 150;    // while drawing, at most one request this often
 const PEN_SCALE = 280;      // the pen slider counts pixels of a 280-pixel pad
 const LAYER_WIDTH = 140;    // CSS pixels of each hidden layer's picture
@@ -4612,13 +4639,14 @@ const layersBox = document.getElementById("layers");
 // What the page knows; with ?test=1 in the address, tests read it as window.mnistState.
 // drawingVersion counts changes to the drawing; answeredVersion is the version
 // the answer on show belongs to: equal (and not busy) means the page is settled.
-const state = { drawingVersion: 0, answeredVersion: 0, busy: false, requests: 0,
+// sent says what the last request carried: "file" (a photo's own bytes) or "png WxH".
+const state = { drawingVersion: 0, answeredVersion: 0, busy: false, requests: 0, sent: null,
                 guess: null, probabilities: null, image: null, hidden: null,
                 warnings: [], error: null };
 if (new URLSearchParams(location.search).has("test")) window.mnistState = state;
 
 let strokes = [];           // each {width, points: [[x, y], ...]}, in units of the pad's side
-let photo = null;           // an ImageBitmap or <img>, drawn under the strokes
+let photo = null;           // {image: an ImageBitmap or <img>, file: its PNG file or null}
 let activePointer = null;   // the pointer drawing now (a second finger is ignored)
 let timer = null;           // the next request, when one is scheduled
 let lastSent = -Infinity;   // when the last request left (performance.now())
@@ -4628,37 +4656,58 @@ function isEmpty() {
   return strokes.length === 0 && photo === null;
 }
 
-// The drawing, painted on a square canvas context of `side` pixels: white paper,
-// the photo if any (scaled to fit), black strokes. The same function paints the
-// pad on screen and the PNG sent to the server.
-function paint(context, side) {
-  context.fillStyle = "#fff";
-  context.fillRect(0, 0, side, side);
-  if (photo) {
-    const scale = Math.min(side / photo.width, side / photo.height);
-    const w = photo.width * scale, h = photo.height * scale;
-    context.drawImage(photo, (side - w) / 2, (side - h) / 2, w, h);
-  }
+// Strokes, in units of the pad's side, painted at `scale` pixels per unit, the
+// point (left, top) of the pad at the canvas's corner.
+function paintStrokes(context, scale, left, top) {
   context.fillStyle = context.strokeStyle = "#000";
   context.lineCap = context.lineJoin = "round";
+  const at = ([x, y]) => [(x - left) * scale, (y - top) * scale];
   for (const stroke of strokes) {
-    const [x0, y0] = stroke.points[0];
+    const [x0, y0] = at(stroke.points[0]);
     if (stroke.points.length === 1) {     // a dot: a path of one point draws nothing
       context.beginPath();
-      context.arc(x0 * side, y0 * side, stroke.width * side / 2, 0, 2 * Math.PI);
+      context.arc(x0, y0, stroke.width * scale / 2, 0, 2 * Math.PI);
       context.fill();
       continue;
     }
-    context.lineWidth = stroke.width * side;
+    context.lineWidth = stroke.width * scale;
     context.beginPath();
-    context.moveTo(x0 * side, y0 * side);
-    for (const [x, y] of stroke.points.slice(1)) context.lineTo(x * side, y * side);
+    context.moveTo(x0, y0);
+    for (const point of stroke.points.slice(1)) context.lineTo(...at(point));
     context.stroke();
   }
 }
 
+// Where the photo lies on the pad, in units of the pad's side: scaled to fit, centred.
+function photoBox() {
+  const scale = 1 / Math.max(photo.image.width, photo.image.height);
+  const width = photo.image.width * scale, height = photo.image.height * scale;
+  return { left: (1 - width) / 2, top: (1 - height) / 2, width, height };
+}
+
+// The pad on screen: white paper and the strokes; or the photo, scaled to fit,
+// with the strokes on it (and only on it: the pad beside a photo is not part
+// of what is read, so it is shaded, and ink there is not drawn).
 function redraw() {
-  paint(pad.getContext("2d"), pad.width);
+  const context = pad.getContext("2d");
+  const side = pad.width;
+  context.fillStyle = photo ? BESIDE_PHOTO : "#fff";
+  context.fillRect(0, 0, side, side);
+  if (!photo) {
+    paintStrokes(context, side, 0, 0);
+    return;
+  }
+  const box = photoBox();
+  context.save();
+  context.beginPath();
+  context.rect(box.left * side, box.top * side, box.width * side, box.height * side);
+  context.clip();
+  context.fillStyle = "#fff";           // under a photo's transparent parts, as the server does
+  context.fillRect(0, 0, side, side);
+  context.drawImage(photo.image, box.left * side, box.top * side,
+                    box.width * side, box.height * side);
+  paintStrokes(context, side, 0, 0);
+  context.restore();
 }
 
 // The pad's pixels follow its size on screen (times the screen's density), so
@@ -4669,14 +4718,51 @@ function fitPad() {
   redraw();
 }
 
-function drawingAsPng() {
-  const side = photo ? PHOTO_SIDE : SEND_SIDE;
-  const canvas = document.createElement("canvas");
-  canvas.width = canvas.height = side;
-  paint(canvas.getContext("2d"), side);
+function canvasAsPng(canvas) {
   return new Promise((resolve, reject) => canvas.toBlob(
     (blob) => blob ? resolve(blob) : reject(new Error("the browser could not make a PNG")),
     "image/png"));
+}
+
+// What goes to the server, so that a photo is read as `predict` reads its file:
+//   - a drawing: a SEND_SIDE square PNG, black strokes on white;
+//   - a photo that is a PNG file: the file itself, byte for byte, so the
+//     answer is exactly `predict`'s for that file;
+//   - any other photo (JPEG, HEIC, WebP ...; a PNG the server cannot read, such
+//     as an interlaced one; a photo with strokes drawn on it): a PNG of the
+//     photo as the browser decoded it, at its own shape (never squared onto
+//     white paper: the paper beside it would be brighter than the photo's own,
+//     and its edges and shadows would read as ink), with the strokes on it.
+//     Only a photo of over PHOTO_PIXELS is scaled down, by a whole factor: the
+//     server works on at most 300,000 pixels anyway (WORK_PIXELS: it shrinks
+//     larger images itself, averaging blocks of a whole number of pixels), and
+//     1.2 megapixels stay under the server's limit on a body even at 4 bytes a
+//     pixel, uncompressed.
+// Returns [body, description] (the description is for state.sent).
+async function requestBody() {
+  const canvas = document.createElement("canvas");
+  if (!photo) {
+    canvas.width = canvas.height = SEND_SIDE;
+    const context = canvas.getContext("2d");
+    context.fillStyle = "#fff";
+    context.fillRect(0, 0, SEND_SIDE, SEND_SIDE);
+    paintStrokes(context, SEND_SIDE, 0, 0);
+    return [await canvasAsPng(canvas), "png " + SEND_SIDE + "x" + SEND_SIDE];
+  }
+  if (photo.file && strokes.length === 0) return [photo.file, "file"];
+  const { width, height } = photo.image;
+  let factor = 1;
+  while (Math.floor(width / factor) * Math.floor(height / factor) > PHOTO_PIXELS) factor += 1;
+  canvas.width = Math.max(1, Math.floor(width / factor));
+  canvas.height = Math.max(1, Math.floor(height / factor));
+  const context = canvas.getContext("2d");
+  context.imageSmoothingQuality = "high";
+  context.fillStyle = "#fff";
+  context.fillRect(0, 0, canvas.width, canvas.height);
+  context.drawImage(photo.image, 0, 0, canvas.width, canvas.height);
+  const box = photoBox();
+  paintStrokes(context, canvas.width / box.width, box.left, box.top);
+  return [await canvasAsPng(canvas), "png " + canvas.width + "x" + canvas.height];
 }
 
 // Every change to the drawing comes here: repaint, then ask the server (soon).
@@ -4708,10 +4794,16 @@ async function send() {
   state.requests += 1;
   lastSent = performance.now();
   try {
-    const body = await drawingAsPng();
-    const response = await fetch("/api/predict",
-                                 { method: "POST", headers: { "Content-Type": "image/png" }, body });
+    const [body, sent] = await requestBody();
+    state.sent = sent;
+    const response = await fetch("/api/predict", { method: "POST", body,
+                                                   headers: { "Content-Type": "image/png" } });
     const answer = await response.json();
+    if (response.status === 400 && photo && body === photo.file) {
+      photo.file = null;        // the server cannot read this PNG file: send the browser's decoding
+      drawingChanged();
+      return;
+    }
     if (!response.ok) throw new Error(answer.error || "the server answered " + response.status);
     if (!stale()) show(answer);
     state.error = null;
@@ -4787,6 +4879,16 @@ function drawLayers(hidden) {
   });
 }
 
+// No digit, no activity to show: the layers dark, and their captions say only their size.
+function quietLayers() {
+  [...layersBox.children].forEach((figure, k) => {
+    const canvas = figure.querySelector("canvas");
+    drawGrey(canvas, [], 0);
+    figure.querySelector("figcaption").textContent =
+      "Hidden layer " + (k + 1) + ": " + figure.dataset.units + " units";
+  });
+}
+
 function layerFigure(layer, k) {
   const columns = Math.ceil(Math.sqrt(layer.length));
   const rows = Math.ceil(layer.length / columns);
@@ -4798,6 +4900,7 @@ function layerFigure(layer, k) {
   canvas.setAttribute("role", "img");
   canvas.setAttribute("aria-label", "Activity of hidden layer " + (k + 1));
   const figure = document.createElement("figure");
+  figure.dataset.units = layer.length;
   figure.append(canvas, document.createElement("figcaption"));
   return figure;
 }
@@ -4805,23 +4908,26 @@ function layerFigure(layer, k) {
 function show(answer) {
   Object.assign(state, { guess: answer.guess, probabilities: answer.probabilities,
                          image: answer.image, hidden: answer.hidden, warnings: answer.warnings });
-  const p = answer.probabilities;
+  const p = answer.probabilities;       // null, as guess and hidden, where there is no digit
   guessBox.textContent = answer.guess === null ? "?" : String(answer.guess);
-  confidence.textContent = answer.guess === null ? "" : percent(p[answer.guess]) + " sure";
+  confidence.textContent = answer.guess === null ? "no digit to read"
+                                                  : percent(p[answer.guess]) + " sure";
   statusLine.textContent = answer.warnings.join("; ");
   drawBars(answer.guess === null ? null : p, answer.guess);
   drawGrey(seen, answer.image, 255);
-  drawLayers(answer.hidden);
+  if (answer.hidden) drawLayers(answer.hidden);
+  else quietLayers();
 }
 
 function showNothing() {
-  Object.assign(state, { guess: null, probabilities: null, image: null, warnings: [], error: null });
+  Object.assign(state, { guess: null, probabilities: null, image: null, hidden: null,
+                         warnings: [], error: null });
   guessBox.textContent = "?";
   confidence.textContent = "draw a digit";
   statusLine.textContent = "";
   drawBars(null, null);
   drawGrey(seen, [], 255);
-  for (const figure of layersBox.children) drawGrey(figure.querySelector("canvas"), [], 0);
+  quietLayers();
 }
 
 // Drawing with Pointer Events: one code path for mouse, finger and pen.
@@ -4874,7 +4980,8 @@ document.addEventListener("keydown", (event) => {
 });
 
 // Photos: the browser decodes whatever it can (JPEG, PNG, WebP, HEIC on Apple
-// devices ...); the pixels then travel like a drawing's.
+// devices ...) to show it on the pad; what is sent is the file itself if it is
+// a PNG, else the browser's decoding (see requestBody).
 async function decodePhoto(file) {
   if (window.createImageBitmap) {
     try {
@@ -4895,9 +5002,16 @@ async function decodePhoto(file) {
   });
 }
 
+const PNG_SIGNATURE = [137, 80, 78, 71, 13, 10, 26, 10];
+
 async function loadPhoto(file) {
   try {
-    photo = await decodePhoto(file);
+    const image = await decodePhoto(file);
+    const head = new Uint8Array(await file.slice(0, 8).arrayBuffer());
+    const isPng = PNG_SIGNATURE.every((byte, i) => head[i] === byte);
+    // The bytes are read now: the file on disk may change or vanish later.
+    const bytes = isPng && file.size <= FILE_LIMIT ? await file.arrayBuffer() : null;
+    photo = { image, file: bytes && new Blob([bytes], { type: "image/png" }) };
     strokes = [];
     drawingChanged();
   } catch (error) {
@@ -4927,9 +5041,14 @@ window.addEventListener("drop", (event) => event.preventDefault());
 // The model's description, for the line under the title.
 fetch("/api/model").then((response) => response.json()).then((model) => {
   const parts = [model.architecture + " network"];
-  if (model.test_accuracy !== null) parts.push((100 * model.test_accuracy).toFixed(2) + "% on MNIST's test set");
-  if (model.training_images) parts.push("trained on " + model.training_images.toLocaleString("en") + " images");
-  document.getElementById("model").textContent = "A neural network in pure Python reads it as you draw: " + parts.join(", ") + ".";
+  if (model.test_accuracy !== null) {
+    parts.push((100 * model.test_accuracy).toFixed(2) + "% on MNIST's test set");
+  }
+  if (model.training_images) {
+    parts.push("trained on " + model.training_images.toLocaleString("en") + " images");
+  }
+  document.getElementById("model").textContent =
+    "A neural network in pure Python reads it as you draw: " + parts.join(", ") + ".";
 }).catch(() => {});
 
 new ResizeObserver(fitPad).observe(pad);
@@ -4939,6 +5058,61 @@ showNothing();
 </body>
 </html>
 """
+
+
+EVERY_INTERFACE = ("", "0.0.0.0", "::")         # --host values that listen on every interface
+OWN_NAMES = ("localhost", "127.0.0.1", "::1")   # this machine, as the Host header may name it
+# A Host header: a name or an IP address (IPv6 in brackets), perhaps with a
+# port: "127.0.0.1:8000", "[::1]:8000", "localhost". An origin is "http://" and the same.
+HOST_HEADER = re.compile(r"(\[[0-9A-Fa-f:.]+\]|[A-Za-z0-9_.-]+)(?::([0-9]{1,5}))?")
+
+
+def is_loopback(host):
+    """True for the addresses only this machine can reach: 127.x.x.x, ::1, localhost."""
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:            # a machine's name
+        return False
+
+
+def server_url(host, port):
+    """The address to open in a browser on this machine."""
+    if host in EVERY_INTERFACE:                  # every interface: this machine's is one
+        host = "127.0.0.1"
+    return "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
+
+
+def host_name(name):
+    """A host's name as Host headers are compared: lower case, and an IP
+    address in its usual form, without brackets ("[0:0::1]" is "::1")."""
+    name = name.strip().lower()
+    if name.startswith("[") and name.endswith("]"):
+        name = name[1:-1]
+    try:
+        return str(ipaddress.ip_address(name))
+    except ValueError:            # a name, not an address
+        return name
+
+
+def host_and_port(text):
+    """(name, port) of a Host header's value (port None where it gives none),
+    or None if it is not one."""
+    match = HOST_HEADER.fullmatch(text.strip())
+    if not match:
+        return None
+    return host_name(match.group(1)), int(match.group(2)) if match.group(2) else None
+
+
+def same_origin(origin, host):
+    """Whether an Origin header ("http://127.0.0.1:8000") is that of a page
+    served under the Host header host ("127.0.0.1:8000"): http, the same name
+    and the same port (80 where none is given)."""
+    ours = host_and_port(host)
+    theirs = host_and_port(origin[len("http://"):]) if origin.startswith("http://") else None
+    return ours is not None and theirs is not None and \
+        (ours[0], ours[1] or 80) == (theirs[0], theirs[1] or 80)
 
 
 # Which methods each path answers; every other path is a 404. There is no
@@ -4963,7 +5137,11 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
         """Every method lands here (see the do_ names below)."""
         path = self.path.split("?", 1)[0]       # "/?test=1" is the page too
         methods = SERVE_ROUTES.get(path)
-        if methods is None:
+        refused = self.refusal()
+        if refused:
+            self.skip_body()
+            self.send_error(403, refused)
+        elif methods is None:
             self.send_error(404, "nothing here: the page is at /, the API at /api/predict "
                                  "and /api/model")
         elif self.command not in methods:
@@ -4982,6 +5160,27 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
     # http.server calls do_<METHOD>; methods nobody knows (FOO) get its 501.
     do_GET = do_HEAD = do_POST = do_PUT = do_DELETE = do_PATCH = do_OPTIONS = do_TRACE = route
 
+    def refusal(self):
+        """Why this request is not this server's to answer (a 403's message), or
+        None. Its Host header must name this server (an HTTP/1.0 client may send
+        none; no browser does), and a POST (or any method but GET and HEAD) that
+        a web page sent, as its Origin header says, must come from this page."""
+        hosts = self.headers.get_all("Host") or []
+        if len(hosts) > 1:
+            return "more than one Host header"
+        named = host_and_port(hosts[0]) if hosts else None
+        if hosts and (named is None or not self.server.allows_host(named[0])):
+            return ("the address asked for, %s, is not this server's: open %s, or start serve "
+                    "with --allow-host NAME to allow a name" % (
+                        printable(hosts[0].strip()[:80]),
+                        server_url(*self.server.server_address[:2])))
+        origin = self.headers.get("Origin")
+        if origin is not None and self.command not in ("GET", "HEAD") and \
+                not (hosts and same_origin(origin, hosts[0])):
+            return ("a page of another site (%s) may not use this server; only its own page may"
+                    % printable(origin.strip()[:80]))
+        return None
+
     def version_string(self):
         """The Server header: no Python version, nothing for an attacker to look up."""
         return "mnist_pure"
@@ -4990,9 +5189,16 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
         body = self.read_body()
         if body is None:
             return
+        if self.headers.get("Content-Type", "").strip().lower().startswith("multipart/"):
+            # A form upload (curl -F file=@x.png) wraps the file in a form's parts:
+            # refused, with the right command, rather than parsed (a parser is
+            # more code, and more to get wrong, for what one curl option does).
+            self.send_error(400, "the body must be the image file itself, not a form: "
+                                 "curl --data-binary @digit.png -H 'Content-Type: image/png' "
+                                 "%sapi/predict" % server_url(*self.server.server_address[:2]))
+            return
         try:
-            with self.server.preparing:
-                answer = digit_answer(self.server.network, body)
+            answer = self.in_turn(digit_answer, self.server.network, body)
         except MnistError as e:
             self.send_error(400, one_line(str(e)))
             return
@@ -5000,7 +5206,23 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
             self.log_message("error: %s", describe(e))
             self.send_error(500, "could not read this image (%s)" % describe(e))
             return
+        if answer is None:
+            self.send_json(503, {"error": "the server is busy (others' images are being read); "
+                                          "try again in a moment"},
+                           [("Retry-After", str(RETRY_AFTER))])
+            return
         self.send_json(200, answer)
+
+    def in_turn(self, work, *args):
+        """work(*args) once one of the PREPARE_AT_ONCE turns is free; None if
+        none is within PREPARE_WAIT seconds (the server is overwhelmed: better
+        a quick 503 than a client that waits on and on)."""
+        if not self.server.preparing.acquire(timeout=PREPARE_WAIT):
+            return None
+        try:
+            return work(*args)
+        finally:
+            self.server.preparing.release()
 
     def read_body(self):
         """The request's body, or None once an error is answered. The declared
@@ -5026,6 +5248,14 @@ class DigitRequestHandler(http.server.BaseHTTPRequestHandler):
             self.send_error(400, "the body ended after %d of its %d bytes" % (len(body), length))
             return None
         return body
+
+    def skip_body(self):
+        """Read and drop the body of a request that is refused, if it is within
+        the limit: a socket closed with unread data in it resets the connection,
+        and the client, still sending, would see the reset and not the answer."""
+        length = self.headers.get("Content-Length", "").strip()
+        if CONTENT_LENGTH.fullmatch(length) and int(length) <= SERVE_MAX_BODY:
+            self.rfile.read(int(length))
 
     def send_body(self, status, content_type, body, headers=()):
         self.send_response(status)
@@ -5058,15 +5288,30 @@ class DigitServer(http.server.ThreadingHTTPServer):
     """The HTTP server of `serve`: one thread per request, the network shared
     by all (its forward pass only reads the weights)."""
     daemon_threads = True         # a client that hangs on never keeps the program from exiting
+    request_queue_size = SERVE_BACKLOG    # socketserver's name for the listen backlog
 
-    def __init__(self, address, network, metadata, log=None):
+    def __init__(self, address, network, metadata, log=None, allowed_hosts=()):
         self.network = network
         self.model = model_description(network, metadata)
         self.log = log            # where --verbose writes; None: silent
         self.preparing = threading.BoundedSemaphore(PREPARE_AT_ONCE)
+        named = [name for name in [address[0]] + list(allowed_hosts) if name not in EVERY_INTERFACE]
+        self.host_names = set(OWN_NAMES) | {host_name(name) for name in named}
+        self.every_interface = address[0] in EVERY_INTERFACE
         if ":" in address[0]:     # an IPv6 address, such as ::1
             self.address_family = socket.AF_INET6
         super().__init__(address, DigitRequestHandler)
+
+    def allows_host(self, name):
+        """Whether a Host header's name (see host_name) names this server. On
+        every interface, any IP address does: the machine has several, and a
+        site can point a name at this machine, never an address."""
+        if name in self.host_names:
+            return True
+        try:
+            return self.every_interface and bool(ipaddress.ip_address(name))
+        except ValueError:
+            return False
 
     def server_bind(self):
         """Bind, without http.server's reverse DNS lookup of the host's name,
@@ -5082,11 +5327,12 @@ class DigitServer(http.server.ThreadingHTTPServer):
                                                      printable(describe(sys.exc_info()[1]))))
 
 
-def make_digit_server(network, metadata, host="127.0.0.1", port=0, log=None):
+def make_digit_server(network, metadata, host="127.0.0.1", port=0, log=None, allowed_hosts=()):
     """A DigitServer listening on host:port (port 0: any free port), not yet
-    serving: call its serve_forever(), and shutdown() from another thread to stop."""
+    serving: call its serve_forever(), and shutdown() from another thread to
+    stop. allowed_hosts: names the Host header may give besides the address's."""
     try:
-        return DigitServer((host, port), network, metadata, log)
+        return DigitServer((host, port), network, metadata, log, allowed_hosts)
     except OSError as e:
         if e.errno == errno.EADDRINUSE:
             raise MnistError("port %d is already in use (by another server?); choose another "
@@ -5096,23 +5342,6 @@ def make_digit_server(network, metadata, host="127.0.0.1", port=0, log=None):
                              "choose another with --port N" % port)
         raise MnistError("cannot listen on %s port %d (%s)" % (host, port,
                                                                e.strerror or describe(e)))
-
-
-def is_loopback(host):
-    """True for the addresses only this machine can reach: 127.x.x.x, ::1, localhost."""
-    if host == "localhost":
-        return True
-    try:
-        return ipaddress.ip_address(host).is_loopback
-    except ValueError:            # a machine's name
-        return False
-
-
-def server_url(host, port):
-    """The address to open in a browser on this machine."""
-    if host in ("", "0.0.0.0", "::"):            # every interface: this machine's is one
-        host = "127.0.0.1"
-    return "http://%s:%d/" % ("[%s]" % host if ":" in host else host, port)
 
 
 def open_in_browser(url, console):
@@ -5126,10 +5355,11 @@ def open_in_browser(url, console):
 
 
 def serve_digits(network, metadata, console, source="", host="127.0.0.1", port=8000,
-                 open_browser=False, verbose=False):
+                 open_browser=False, verbose=False, allowed_hosts=()):
     """`serve`: answer the page's requests until Ctrl-C, then close the socket.
     Returns the exit code: 130, as for any Ctrl-C (see main)."""
-    server = make_digit_server(network, metadata, host, port, console.note if verbose else None)
+    server = make_digit_server(network, metadata, host, port, console.note if verbose else None,
+                               allowed_hosts)
     url = server_url(host, server.server_address[1])
     if not is_loopback(host):
         console.note("warning: listening on %s: anyone who can reach this machine on port %d "
@@ -6033,6 +6263,16 @@ def port_number(text):
     return value
 
 
+def allowed_host(text):
+    """An argparse type: a name the Host header may give (--allow-host), such
+    as mybox.local or 192.168.1.20 (no port, no scheme)."""
+    named = host_and_port(text)
+    if named is None or named[1] is not None or not text.strip():
+        raise argparse.ArgumentTypeError("%r is not a host name such as mybox.local or "
+                                         "192.168.1.20 (no port, no http://)" % text)
+    return named[0]
+
+
 def build_serve_parser():
     parser = Parser(
         prog="mnist_pure.py serve", allow_abbrev=False,
@@ -6048,6 +6288,12 @@ def build_serve_parser():
                              "0.0.0.0: every machine that can reach this one)")
     parser.add_argument("--port", type=port_number, default=8000,
                         help="the port to listen on (default 8000; 0: any free port)")
+    parser.add_argument("--allow-host", type=allowed_host, action="append", default=[],
+                        metavar="NAME",
+                        help="a name the page may be opened under besides the address's own "
+                             "(127.0.0.1, localhost, [::1], --host), such as the machine's "
+                             "name on the network; repeat for several. Requests naming any "
+                             "other get 403: a guard against DNS rebinding")
     parser.add_argument("--open", action="store_true", help="open the page in a browser")
     parser.add_argument("--verbose", action="store_true", help="log one line per request")
     return parser
@@ -6057,8 +6303,8 @@ def run_serve(args, console):
     """`serve`: the drawing page and its API, until Ctrl-C (section 20)."""
     network, metadata = model_or_advice(args.load)
     return serve_digits(make_engine(network, "auto"), metadata, console, source=args.load,
-                        host=args.host,
-                        port=args.port, open_browser=args.open, verbose=args.verbose)
+                        host=args.host, port=args.port, open_browser=args.open,
+                        verbose=args.verbose, allowed_hosts=args.allow_host)
 
 
 def run(argv, console):

@@ -13,24 +13,31 @@ MNIST_SERVE_SCREENSHOT=docs/serve.png saves the screenshot the tests take
 serves that model instead of the small one trained for the tests."""
 
 import base64
+import functools
 import json
 import math
 import os
 import select
 import shutil
+import struct
 import subprocess
 import tempfile
 import threading
 import time
 import unittest
+import zlib
 
+import photomaker
 import pngmaker
 from helpers import mnist, mnist_pure as m, small_trained_network
 
 BROWSER = os.environ.get("CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+OTHER_SITE = "evil.example"       # a site whose name the browser finds at 127.0.0.1, as after
+                                  # DNS rebinding: its pages are another origin, on this server
 FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
          "--disable-background-networking", "--disable-component-update", "--disable-sync",
-         "--disable-extensions", "--mute-audio", "--remote-debugging-pipe", "about:blank"]
+         "--disable-extensions", "--mute-audio", "--remote-debugging-pipe",
+         "--host-resolver-rules=MAP %s 127.0.0.1" % OTHER_SITE, "about:blank"]
 START_TIMEOUT = 30      # seconds for the browser to start (first start on a cold disk is slow)
 TIMEOUT = 10            # seconds for any one command or wait
 METADATA = {"test_accuracy": "0.8374", "epochs": "2", "training_images": "2000"}
@@ -115,15 +122,17 @@ class Page:
 
     def __init__(self, devtools):
         self.devtools = devtools
-        target = devtools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
+        self.target = devtools.send("Target.createTarget", {"url": "about:blank"})["targetId"]
         self.session = devtools.send("Target.attachToTarget",
-                                     {"targetId": target, "flatten": True})["sessionId"]
+                                     {"targetId": self.target, "flatten": True})["sessionId"]
 
     def send(self, method, params=None, timeout=TIMEOUT):
         return self.devtools.send(method, params, self.session, timeout)
 
-    def evaluate(self, expression):
-        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True})
+    def evaluate(self, expression, wait=False):
+        """The expression's value in the page (wait: it is a promise; its result)."""
+        result = self.send("Runtime.evaluate", {"expression": expression, "returnByValue": True,
+                                                "awaitPromise": wait})
         if "exceptionDetails" in result:
             raise BrowserError("%s: %s" % (expression, result["exceptionDetails"].get("text")))
         return result["result"].get("value")
@@ -168,6 +177,15 @@ class Page:
             self.send("Input.dispatchTouchEvent", {"type": kind, "touchPoints": [{"x": x, "y": y}]})
         self.send("Input.dispatchTouchEvent", {"type": "touchEnd", "touchPoints": []})
 
+    def choose_file(self, path):
+        """Choose a file with the page's Photo... button's file input."""
+        document = self.send("DOM.getDocument")["root"]["nodeId"]
+        node = self.send("DOM.querySelector", {"nodeId": document, "selector": "#file"})
+        self.send("DOM.setFileInputFiles", {"files": [path], "nodeId": node["nodeId"]})
+
+    def close(self):
+        self.devtools.send("Target.closeTarget", {"targetId": self.target})
+
     def settled(self):
         """Wait until the answer on show is the one for the drawing as it is."""
         return self.wait_for("window.mnistState && !mnistState.busy && "
@@ -207,6 +225,48 @@ def smooth_three(box, steps=30):
     return points
 
 
+@functools.lru_cache(maxsize=None)
+def photo_page(width, height, k):
+    """(width, height, luminance): MNIST test image k, 360 pixels tall, dark on
+    a page of paper width x height, its left third in a soft shadow, with
+    camera noise: a photo like a phone's, made once."""
+    _, test = mnist()
+    left, top = (width - 360) // 2 + width // 10, (height - 360) // 2 + height // 20
+    ink = photomaker.ink_layer(width, height, [(test.image(k), left, top, 360)])
+    return width, height, photomaker.photo(width, height, ink, photomaker.shadow(width))
+
+
+def bmp_bytes(width, height, grey):
+    """A 24-bit BMP of luminance bytes: a format browsers read and this program
+    does not (rows bottom-up, blue green red, each row padded to 4 bytes)."""
+    stride = (3 * width + 3) // 4 * 4
+    rows = []
+    for r in reversed(range(height)):
+        row = bytearray(stride)
+        for channel in range(3):
+            row[channel:3 * width:3] = grey[r * width:(r + 1) * width]
+        rows.append(bytes(row))
+    pixels = b"".join(rows)
+    return (b"BM" + struct.pack("<IHHI", 54 + len(pixels), 0, 0, 54)
+            + struct.pack("<IiiHHIIiiII", 40, width, height, 1, 24, 0, len(pixels), 2835, 2835,
+                          0, 0)
+            + pixels)
+
+
+def interlaced_png(width, height, rows):
+    """An 8-bit grey PNG, interlaced (Adam7: seven passes over ever finer grids,
+    each pass's rows unfiltered): browsers read it, this program does not."""
+    raw = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                           (1, 0, 2, 2), (0, 1, 1, 2)):
+        for y in range(y0, height, dy):
+            if x0 < width:
+                raw += b"\0" + bytes(rows[y][x0::dx])
+    return (m.PNG_SIGNATURE + pngmaker.chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0,
+                                                                   0, 0, 1))
+            + pngmaker.chunk(b"IDAT", zlib.compress(raw)) + pngmaker.chunk(b"IEND", b""))
+
+
 def served_model():
     """(network, metadata): MNIST_SERVE_MODEL's, or the tests' small network."""
     path = os.environ.get("MNIST_SERVE_MODEL")
@@ -217,7 +277,9 @@ def served_model():
 class BrowserTests(unittest.TestCase):
     @classmethod
     def setUpClass(cls):
-        cls.server = m.make_digit_server(*served_model(), host="127.0.0.1", port=0)
+        cls.requests = []                 # the server's log: a line per request
+        cls.server = m.make_digit_server(*served_model(), host="127.0.0.1", port=0,
+                                         log=cls.requests.append)
         cls.server_thread = threading.Thread(target=cls.server.serve_forever, daemon=True)
         cls.server_thread.start()
         cls.profile = tempfile.mkdtemp(prefix="mnist-chromium-")
@@ -291,6 +353,33 @@ class BrowserTests(unittest.TestCase):
         _, test = mnist()
         self.assertEqual(self.draw(2, self.page.stroke_with_finger), str(test.labels[2]))
 
+    def write(self, name, content):
+        path = os.path.join(self.profile, name)
+        with open(path, "wb") as stream:
+            stream.write(content)
+        return path
+
+    def read_photo(self, path):
+        """Choose the file with Photo...: the page's state once it has read it."""
+        before = self.page.evaluate("mnistState.drawingVersion")
+        self.page.choose_file(path)
+        self.assertTrue(self.page.wait_for("mnistState.drawingVersion > %d" % before))
+        self.assertTrue(self.page.settled(), "the page never settled")
+        return self.page.evaluate("mnistState")
+
+    def assertReadAsPredictReads(self, state, path):
+        """The page's answer is what `predict` makes of the PNG file at path."""
+        image, warnings = m.read_digit(path)
+        p = self.server.network.predict(image)
+        self.assertIsNone(state["error"])
+        self.assertEqual(state["image"], list(image))
+        self.assertEqual(state["guess"], m.argmax(p))
+        self.assertEqual(state["warnings"], warnings)
+        for mine, theirs in zip(state["probabilities"], p):
+            self.assertAlmostEqual(mine, theirs, places=9)
+        shown = self.page.evaluate("document.getElementById('guess').textContent")
+        self.assertEqual(shown, str(m.argmax(p)))
+
     def test_a_photo_chosen_with_the_photo_button_is_read(self):
         _, test = mnist()
         digit = test.image(4)                       # a 4, as a large grey photo of dark ink
@@ -299,15 +388,100 @@ class BrowserTests(unittest.TestCase):
         for r in range(28 * scale):
             for c in range(28 * scale):
                 paper[r + 40][c + 20] = 225 - digit[(r // scale) * 28 + c // scale] * 225 // 255
-        path = os.path.join(self.profile, "photo.png")
-        with open(path, "wb") as stream:
-            stream.write(pngmaker.encode(side, side, paper, 0))
-        document = self.page.send("DOM.getDocument")["root"]["nodeId"]
-        node = self.page.send("DOM.querySelector", {"nodeId": document, "selector": "#file"})
-        self.page.send("DOM.setFileInputFiles", {"files": [path], "nodeId": node["nodeId"]})
-        self.assertTrue(self.page.wait_for("mnistState.drawingVersion > 0 && mnistState.guess !== null"))
+        path = self.write("photo.png", pngmaker.encode(side, side, paper, 0))
+        self.assertEqual(self.read_photo(path)["guess"], test.labels[4])
+
+    def test_a_4_by_3_and_a_3_by_4_photo_are_read_as_predict_reads_the_same_file(self):
+        # The page once squared a photo onto white paper: the white beside the
+        # photo outshone its paper, and its edges and shadow read as ink.
+        _, test = mnist()
+        for width, height, k in ((800, 600, 4), (600, 800, 1)):
+            path = self.write("photo-%dx%d.png" % (width, height),
+                              m.png_bytes(*photo_page(width, height, k), 1))
+            state = self.read_photo(path)
+            self.assertEqual(state["sent"], "file")          # the file itself, byte for byte
+            self.assertReadAsPredictReads(state, path)
+            self.assertEqual(state["guess"], test.labels[k])   # (and predict reads it right)
+
+    def test_a_photo_in_a_format_the_server_cannot_read_goes_as_a_png_at_its_own_shape(self):
+        width, height, grey = photo_page(600, 800, 1)
+        state = self.read_photo(self.write("photo.bmp", bmp_bytes(width, height, grey)))
+        self.assertEqual(state["sent"], "png 600x800")
+        self.assertReadAsPredictReads(state, self.write("same.png", m.png_bytes(width, height,
+                                                                                 grey, 1)))
+
+    def test_a_png_the_server_cannot_read_is_sent_as_the_browser_decodes_it(self):
+        _, test = mnist()
+        digit = test.image(0)              # a 7, dark on white, 4x larger: 112x84 with a margin
+        rows = [[255 - digit[min(27, r // 3) * 28 + c // 4] if c < 112 else 255
+                 for c in range(120)] for r in range(84)]
+        state = self.read_photo(self.write("interlaced.png", interlaced_png(120, 84, rows)))
+        self.assertEqual(state["sent"], "png 120x84")        # once the server refused the file
+        self.assertReadAsPredictReads(state, self.write("plain.png",
+                                                        pngmaker.encode(120, 84, rows, 0)))
+
+    def test_strokes_drawn_over_a_photo_are_sent_on_the_photo_at_its_own_shape(self):
+        state = self.read_photo(self.write("photo.png", m.png_bytes(*photo_page(800, 600, 4), 1)))
+        self.assertEqual(state["sent"], "file")
+        left, top, width, height = self.page.box("pad")       # a bar across the 4's middle
+        self.page.stroke_with_mouse([(left + width * x / 10, top + height * 0.5)
+                                     for x in range(3, 8)])
         self.assertTrue(self.page.settled())
-        self.assertEqual(self.page.evaluate("mnistState.guess"), test.labels[4])
+        changed = self.page.evaluate("mnistState")
+        self.assertEqual(changed["sent"], "png 800x600")
+        self.assertNotEqual(changed["image"], state["image"])
+        self.page.click("undo")                                 # the stroke undone: the file again
+        self.assertTrue(self.page.settled())
+        self.assertEqual(self.page.evaluate("[mnistState.sent, mnistState.image]"),
+                         ["file", state["image"]])
+
+    def test_a_blank_photo_shows_no_guess_and_no_activity(self):
+        path = self.write("blank.png", pngmaker.encode(40, 30, [[230] * 40] * 30, 0))
+        state = self.read_photo(path)
+        self.assertIsNone(state["error"])
+        self.assertIsNone(state["guess"])
+        self.assertIsNone(state["probabilities"])
+        self.assertIn("no ink found", self.page.evaluate("document.getElementById('status')"
+                                                         ".textContent"))
+        self.assertEqual(self.page.evaluate("document.getElementById('guess').textContent"), "?")
+        self.assertNotIn("active", self.captions())
+
+    def captions(self):
+        return self.page.evaluate("[...document.querySelectorAll('#layers figcaption')]"
+                                  ".map(c => c.textContent).join(' | ')")
+
+    def test_clear_leaves_no_hidden_layer_activity_on_show(self):
+        self.draw(0, self.page.stroke_with_mouse)
+        self.assertIn("units active", self.captions())
+        self.page.click("clear")
+        self.assertTrue(self.page.settled())
+        self.assertEqual(self.captions(), "Hidden layer 1: 128 units")
+
+    def test_a_page_of_another_site_can_neither_load_nor_use_the_server(self):
+        port = self.server.server_address[1]
+        other = Page(self.devtools)
+        self.addCleanup(other.close)
+        # DNS rebinding: the other site's name leads here; its Host header gives it away.
+        other.send("Page.navigate", {"url": "http://%s:%d/" % (OTHER_SITE, port)})
+        self.assertTrue(other.wait_for("document.readyState === 'complete'"))
+        self.assertIn("not this server's", other.evaluate("document.body.textContent"))
+        self.assertEqual(other.evaluate("fetch('/api/model').then(r => r.status)", wait=True), 403)
+        # A POST such as any page may send anywhere without asking: refused, unread.
+        before = len(self.requests)
+        other.evaluate("fetch('http://127.0.0.1:%d/api/predict', {method: 'POST', mode: 'no-cors',"
+                       " headers: {'Content-Type': 'text/plain'}, body: 'P5 1 1 255 x'})"
+                       ".then(() => 0, () => 0)" % port, wait=True)
+        self.assertTrue(any('"POST /api/predict HTTP/1.1" 403' in line
+                            for line in self.requests[before:]), self.requests[before:])
+        # The page itself, under another of this server's names, still works.
+        other.send("Page.navigate", {"url": "http://localhost:%d/?test=1" % port})
+        self.assertTrue(other.wait_for("document.readyState === 'complete' && !!window.mnistState"))
+        status = other.evaluate("fetch('/api/predict', {method: 'POST', body: new Blob("
+                                "[new Uint8Array(%s)]), headers: {'Content-Type': 'image/png'}})"
+                                ".then(r => r.status)" % list(m.png_bytes(28, 28,
+                                                                          mnist()[1].image(0), 1)),
+                                wait=True)
+        self.assertEqual(status, 200)
 
     def test_the_page_shows_what_the_server_prepared_and_every_hidden_layer(self):
         self.draw(0, self.page.stroke_with_mouse)

@@ -41,9 +41,9 @@ def drawing_png(k, scale=5):
     return pngmaker.encode(side, side, rows, 0)
 
 
-def start_server(network, metadata=None, log=None):
+def start_server(network, metadata=None, log=None, allowed_hosts=()):
     """A DigitServer on a free port, serving from a thread: (server, stop)."""
-    server = m.make_digit_server(network, metadata or {}, "127.0.0.1", 0, log)
+    server = m.make_digit_server(network, metadata or {}, "127.0.0.1", 0, log, allowed_hosts)
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
 
@@ -147,6 +147,11 @@ class PageTests(ServerTestCase):
         self.assertIn('accept="image/*"', page)
         self.assertIn('name="viewport"', page)
 
+    def test_the_pages_limit_on_a_file_it_sends_as_it_is_is_the_servers(self):
+        page = self.request("GET", "/").body.decode("utf-8")
+        shift = re.search(r"const FILE_LIMIT = (\d+) << (\d+);", page)
+        self.assertEqual(int(shift.group(1)) << int(shift.group(2)), m.SERVE_MAX_BODY)
+
     def test_a_query_string_still_gets_the_page(self):
         self.assertEqual(self.request("GET", "/?test=1").body, self.request("GET", "/").body)
 
@@ -195,11 +200,14 @@ class PredictTests(ServerTestCase):
         pgm = b"P5 28 28 255\n" + test.image(2)
         self.assertEqual(self.predict(pgm).json["guess"], test.labels[2])
 
-    def test_a_blank_page_gets_no_guess_and_a_warning(self):
+    def test_a_blank_page_gets_no_guess_no_probabilities_and_a_warning(self):
         answer = self.predict(pngmaker.encode(10, 10, [[255] * 10] * 10, 0))
         self.assertEqual(answer.status, 200)
         self.assertIsNone(answer.json["guess"])
-        self.assertEqual(answer.json["warnings"], ["no ink found in the image (no marks stand out from the paper around them)"])
+        self.assertIsNone(answer.json["probabilities"])     # no digit: no claim of one
+        self.assertIsNone(answer.json["hidden"])
+        self.assertEqual(answer.json["warnings"], ["no ink found in the image (no marks stand "
+                                                   "out from the paper around them)"])
         self.assertEqual(answer.json["image"], [0] * 784)
 
     def test_ten_requests_at_once_are_all_answered(self):
@@ -220,29 +228,158 @@ class PredictTests(ServerTestCase):
         self.assertGreaterEqual(right, 9)        # this small network misreads test image 8
 
 
+class LoadTests(ServerTestCase):
+    def test_a_hundred_clients_at_once_five_requests_each_are_all_answered(self):
+        # http.server's listen queue of 5 reset a third of these connections.
+        clients, each = 100, 5
+        start = threading.Barrier(clients, timeout=4 * TIMEOUT)
+        content = digit_png(0)
+        answers, failures = [], []
+
+        def client():
+            start.wait()
+            for _ in range(each):
+                try:
+                    answer = self.predict(content)
+                    answers.append((answer.status, answer.json, answer.headers["Retry-After"]))
+                except (OSError, http.client.HTTPException, ValueError) as e:
+                    failures.append(repr(e))
+        threads = [threading.Thread(target=client) for _ in range(clients)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join(12 * TIMEOUT)
+        self.assertEqual(failures, [])
+        self.assertEqual(len(answers), clients * each)
+        _, test = mnist()
+        for status, value, retry in answers:      # an answer, or a polite "try again"
+            if status == 503:
+                self.assertEqual(retry, str(m.RETRY_AFTER))
+                self.assertIn("busy", value["error"])
+            else:
+                self.assertEqual((status, value["guess"]), (200, test.labels[0]))
+
+    def test_a_request_that_waits_too_long_for_its_turn_gets_503_with_retry_after(self):
+        for _ in range(m.PREPARE_AT_ONCE):               # every turn taken, by someone slow
+            self.server.preparing.acquire()
+        try:
+            with unittest.mock.patch.object(m, "PREPARE_WAIT", 0.2):
+                answer = self.predict(digit_png(0))
+        finally:
+            for _ in range(m.PREPARE_AT_ONCE):
+                self.server.preparing.release()
+        self.assertJsonError(answer.status, answer.body, 503, "busy", "try again")
+        self.assertEqual(answer.headers["Retry-After"], str(m.RETRY_AFTER))
+        self.assertEqual(self.predict(digit_png(0)).status, 200)      # and once free, it is
+
+
+class OtherSiteTests(ServerTestCase):
+    def test_a_host_header_naming_another_site_is_403_saying_what_to_open(self):
+        # DNS rebinding: evil.example's name points at 127.0.0.1, and its page
+        # reads this server's answers as its own. The Host header gives it away.
+        for host in ("evil.example:%d" % self.port, "evil.example", "127.0.0.1.evil.example",
+                     "localhost.evil.example:%d" % self.port, "127.0.0.1@evil.example",
+                     "192.168.1.20:%d" % self.port, "", "[::1"):
+            for method, path in (("GET", "/"), ("GET", "/api/model"), ("POST", "/api/predict")):
+                answer = self.request(method, path, digit_png(0) if method == "POST" else None,
+                                      {"Host": host, "Content-Type": "image/png"})
+                self.assertJsonError(answer.status, answer.body, 403,
+                                     "not this server's", "--allow-host",
+                                     "http://127.0.0.1:%d/" % self.port)
+
+    def test_the_servers_own_names_are_answered(self):
+        for host in ("127.0.0.1:%d" % self.port, "localhost:%d" % self.port, "LocalHost",
+                     "[::1]:%d" % self.port, "[0:0::1]", "127.0.0.1"):
+            self.assertEqual(self.request("GET", "/", headers={"Host": host}).status, 200, host)
+        status, body = self.raw(b"GET / HTTP/1.0\r\n\r\n")     # no Host: no browser sends that
+        self.assertEqual(status, 200)
+
+    def test_two_host_headers_are_403(self):
+        status, body = self.raw(b"GET / HTTP/1.1\r\nHost: 127.0.0.1\r\nHost: evil.example\r\n"
+                                b"Connection: close\r\n\r\n")
+        self.assertJsonError(status, body, 403, "more than one Host")
+
+    def test_a_post_from_another_sites_page_is_403_and_not_read(self):
+        # What a page on evil.example can make a browser send, without asking anyone:
+        # a POST with a "simple" Content-Type, and the page's origin.
+        for origin in ("http://evil.example", "null", "https://127.0.0.1:%d" % self.port,
+                       "http://127.0.0.1:%d" % (self.port + 1), "http://localhost:%d" % self.port,
+                       "http://127.0.0.1:%d.evil.example" % self.port):
+            answer = self.request("POST", "/api/predict", digit_png(0),
+                                  {"Origin": origin, "Content-Type": "text/plain"})
+            self.assertJsonError(answer.status, answer.body, 403, "another site", "own page")
+            self.assertNotIn("guess", answer.json)
+        self.assertStillAnswers()
+
+    def test_a_post_from_the_servers_own_page_is_answered(self):
+        for host, origin in (("127.0.0.1:%d" % self.port, "http://127.0.0.1:%d" % self.port),
+                             ("localhost:%d" % self.port, "http://localhost:%d" % self.port),
+                             ("[::1]:%d" % self.port, "http://[::1]:%d" % self.port)):
+            answer = self.request("POST", "/api/predict", digit_png(0),
+                                  {"Host": host, "Origin": origin, "Content-Type": "image/png"})
+            self.assertEqual(answer.status, 200, answer.body)
+            self.assertEqual(answer.json["guess"], mnist()[1].labels[0])
+
+    def test_names_allowed_with_allow_host_are_answered_and_no_others(self):
+        server, stop = start_server(self.network, allowed_hosts=("mybox.local", "192.168.1.20"))
+        self.addCleanup(stop)
+        port = server.server_address[1]
+        for host, status in (("mybox.local:%d" % port, 200), ("MYBOX.local", 200),
+                             ("192.168.1.20:%d" % port, 200), ("localhost", 200),
+                             ("other.local:%d" % port, 403), ("192.168.1.21", 403)):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+            connection.request("GET", "/api/model", headers={"Host": host})
+            self.assertEqual(connection.getresponse().status, status, host)
+            connection.close()
+
+    def test_listening_on_every_interface_any_ip_address_may_be_named_but_no_other_name(self):
+        # (the server is made, never started: it answers nobody)
+        server = m.make_digit_server(self.network, {}, "0.0.0.0", 0)
+        self.addCleanup(server.server_close)
+        for name in ("192.168.1.20", "10.0.0.7", "127.0.0.1", "localhost", "fe80::1"):
+            self.assertTrue(server.allows_host(m.host_name(name)), name)
+        for name in ("evil.example", "mybox.local"):
+            self.assertFalse(server.allows_host(m.host_name(name)), name)
+        mine = m.make_digit_server(self.network, {}, "127.0.0.1", 0)
+        self.addCleanup(mine.server_close)
+        self.assertFalse(mine.allows_host("192.168.1.20"))
+
+
 class BadRequestTests(ServerTestCase):
     def test_a_huge_upload_is_refused_from_its_length_before_its_body_is_sent(self):
-        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                 b"Content-Length: 50000000\r\n\r\n")      # and no body at all
         self.assertJsonError(status, body, 413, "50,000,000 bytes", "8 MiB")
         self.assertStillAnswers()
 
     def test_a_body_without_a_length_is_411(self):
-        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n\r\n")
+        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
         self.assertJsonError(status, body, 411, "Content-Length")
-        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                 b"Transfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n")
         self.assertJsonError(status, body, 411, "Content-Length")
         self.assertStillAnswers()
 
     def test_a_bad_length_is_400(self):
         for length in (b"abc", b"-1", b"1e3", b"\xd9\xa1", b"9" * 40):
-            status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: "
-                                    + length + b"\r\n\r\n")
+            status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                    b"Content-Length: " + length + b"\r\n\r\n")
             self.assertJsonError(status, body, 400, "Content-Length")
-        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: x\r\nContent-Length: 3\r\n"
-                                b"Content-Length: 4\r\n\r\nabcd")
+        status, body = self.raw(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+                                b"Content-Length: 3\r\nContent-Length: 4\r\n\r\nabcd")
         self.assertJsonError(status, body, 400, "Content-Length")
+        self.assertStillAnswers()
+
+    def test_a_form_upload_is_400_saying_to_send_the_file_itself(self):
+        # What curl -F file=@x.png sends: the file inside a multipart form.
+        boundary = b"------------------------d74496d66958873e"
+        body = (b"--" + boundary + b"\r\nContent-Disposition: form-data; name=\"file\"; "
+                b"filename=\"x.png\"\r\nContent-Type: image/png\r\n\r\n" + digit_png(0)
+                + b"\r\n--" + boundary + b"--\r\n")
+        answer = self.request("POST", "/api/predict", body, {
+            "Content-Type": "multipart/form-data; boundary=" + boundary.decode("ascii")})
+        self.assertJsonError(answer.status, answer.body, 400, "the image file itself",
+                             "--data-binary @", "http://127.0.0.1:%d/api/predict" % self.port)
         self.assertStillAnswers()
 
     def test_garbage_and_an_empty_body_are_400_with_the_programs_message(self):
@@ -310,7 +447,7 @@ class BadRequestTests(ServerTestCase):
     def test_a_client_that_leaves_in_the_middle_of_its_body_does_not_stop_the_server(self):
         for _ in range(3):
             with socket.create_connection(("127.0.0.1", self.port), timeout=TIMEOUT) as connection:
-                connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: x\r\n"
+                connection.sendall(b"POST /api/predict HTTP/1.1\r\nHost: 127.0.0.1\r\n"
                                    b"Content-Length: 100000\r\n\r\n" + digit_png(0)[:200])
         self.assertStillAnswers()
         _, test = mnist()
@@ -397,6 +534,23 @@ class HelperTests(unittest.TestCase):
         opened.assert_called_once_with("http://127.0.0.1:8000/")
         assert_one_line_error(self, err.getvalue(), "open http://127.0.0.1:8000/ yourself")
 
+    def test_host_headers_are_read_as_name_and_port(self):
+        for text, named in (("127.0.0.1:8000", ("127.0.0.1", 8000)),
+                            ("LocalHost", ("localhost", None)), ("[::1]:80", ("::1", 80)),
+                            ("[0:0:0:0:0:0:0:1]", ("::1", None)),
+                            (" mybox.local:8000 ", ("mybox.local", 8000))):
+            self.assertEqual(m.host_and_port(text), named, text)
+        for text in ("", "a b", "x:y", "127.0.0.1@evil", "http://x", "[::1", "::1", "x:123456"):
+            self.assertIsNone(m.host_and_port(text), text)
+
+    def test_an_origin_is_the_pages_own_with_the_same_scheme_name_and_port(self):
+        self.assertTrue(m.same_origin("http://127.0.0.1:8000", "127.0.0.1:8000"))
+        self.assertTrue(m.same_origin("http://localhost", "localhost:80"))
+        self.assertTrue(m.same_origin("http://[::1]:8000", "[0::1]:8000"))
+        for origin in ("https://127.0.0.1:8000", "http://127.0.0.1:8001", "http://127.0.0.1",
+                       "http://localhost:8000", "null", "", "http://127.0.0.1:8000/x"):
+            self.assertFalse(m.same_origin(origin, "127.0.0.1:8000"), origin)
+
     def test_the_address_to_open_is_on_this_machine(self):
         self.assertEqual(m.server_url("127.0.0.1", 8000), "http://127.0.0.1:8000/")
         self.assertEqual(m.server_url("0.0.0.0", 8001), "http://127.0.0.1:8001/")
@@ -428,6 +582,15 @@ class CommandTests(unittest.TestCase):
         self.assertEqual(run.code, 1)
         assert_one_line_error(self, run.err, "port %d" % port, "in use", "--port")
 
+    def test_allow_host_takes_names_and_addresses_and_refuses_anything_else(self):
+        args = m.build_serve_parser().parse_args(["--allow-host", "MyBox.local", "--allow-host",
+                                                  "[::1]", "--allow-host", "192.168.1.20"])
+        self.assertEqual(args.allow_host, ["mybox.local", "::1", "192.168.1.20"])
+        for name in ("http://mybox.local", "mybox.local:8000", "", "a b", "*"):
+            run = run_main("serve", "--load", self.model, "--allow-host", name)
+            self.assertEqual(run.code, 2, name)
+            assert_one_line_error(self, run.err, "--allow-host", "not a host name")
+
     def test_a_bad_port_is_a_usage_error(self):
         for port in ("70000", "-1", "http"):
             run = run_main("serve", "--load", self.model, "--port", port)
@@ -436,7 +599,8 @@ class CommandTests(unittest.TestCase):
 
     def test_serve_prints_its_address_answers_and_stops_on_ctrl_c_with_130(self):
         process = subprocess.Popen([sys.executable, SCRIPT, "serve", "--load", self.model,
-                                    "--port", "0"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                    "--port", "0", "--allow-host", "mybox.local"],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                    universal_newlines=True, cwd=self.folder)
         self.addCleanup(process.kill)
         ready, _, _ = select.select([process.stdout], [], [], 4 * TIMEOUT)
@@ -445,10 +609,12 @@ class CommandTests(unittest.TestCase):
         url = re.search(r"http://127\.0\.0\.1:(\d+)/", first)
         self.assertTrue(url, first)
         port = int(url.group(1))
-        connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
-        connection.request("GET", "/api/model")
-        self.assertEqual(connection.getresponse().status, 200)
-        connection.close()
+        for host, status in (("127.0.0.1:%d" % port, 200), ("mybox.local:%d" % port, 200),
+                             ("evil.example:%d" % port, 403)):
+            connection = http.client.HTTPConnection("127.0.0.1", port, timeout=TIMEOUT)
+            connection.request("GET", "/api/model", headers={"Host": host})
+            self.assertEqual(connection.getresponse().status, status, host)
+            connection.close()
         process.send_signal(signal.SIGINT)
         out, err = process.communicate(timeout=4 * TIMEOUT)
         self.assertEqual(process.returncode, 130, err)
