@@ -2411,13 +2411,16 @@ def training_curves(history):
     return curves
 
 
-def nice_ticks(low, high, count=5):
-    """About `count` round tick values (1, 2 or 5 times a power of ten) covering low..high."""
+def nice_ticks(low, high, count=5, whole=False):
+    """About `count` round tick values (1, 2 or 5 times a power of ten) covering
+    low..high; whole: whole numbers only (epochs: a step of at least 1)."""
     if high <= low:
         high = low + 1.0
     raw = (high - low) / count
     power = 10.0 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    if whole:
+        step = max(step, 1.0)
     ticks = [math.floor(low / step) * step]
     while ticks[-1] < high - step * 1e-9:
         ticks.append(round(ticks[-1] + step, 10))
@@ -2429,7 +2432,7 @@ class Plot:
 
     def __init__(self, left, top, width, height, xs, ys):
         self.left, self.top, self.width, self.height = left, top, width, height
-        self.x_ticks = nice_ticks(min(xs), max(xs))
+        self.x_ticks = nice_ticks(min(xs), max(xs), whole=True)     # x: epochs
         self.y_ticks = nice_ticks(min(ys), max(ys))
 
     def x(self, value):

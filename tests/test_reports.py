@@ -2,8 +2,10 @@
 
 import io
 import os
+import re
 import struct
 import unittest
+from unittest import mock
 import xml.etree.ElementTree as ElementTree
 import zlib
 
@@ -231,6 +233,29 @@ class PictureTests(unittest.TestCase):
         self.assertEqual(ticks, [0.0, 1.0, 2.0, 3.0])
         self.assertEqual(m.nice_ticks(90.5, 98.2), [90.0, 92.0, 94.0, 96.0, 98.0, 100.0])
         self.assertEqual(m.nice_ticks(5, 5)[0], 5)
+
+    def test_the_epoch_axis_is_labelled_in_whole_epochs(self):
+        # Under each panel, the labels of the x (epoch) axis: in the SVG, the
+        # texts 18 px below the frame; in the PNG, those drawn 9 px below it.
+        bottom = 50 + 250
+        for epochs in (1, 2, 3, 10, 60):
+            root = ElementTree.fromstring(m.svg_curves(history(epochs)))
+            svg = [t.text for t in root.iter(SVG + "text") if t.get("y") == str(bottom + 18)]
+            drawn = []
+            original = m.Canvas.text
+
+            def text(canvas, x, y, words, *rest, **options):
+                if y == bottom + 9:
+                    drawn.append(words)
+                return original(canvas, x, y, words, *rest, **options)
+            with mock.patch.object(m.Canvas, "text", text):
+                m.png_curves(history(epochs))
+            for labels in (svg, drawn):
+                self.assertGreaterEqual(len(labels), 2 * 2, (epochs, labels))   # 2 panels
+                self.assertTrue(all(re.fullmatch(r"\d+", label) for label in labels),
+                                (epochs, labels))
+                self.assertIn(str(epochs), labels)
+            self.assertEqual(svg, drawn)
 
 
 if __name__ == "__main__":
