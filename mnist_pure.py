@@ -2296,6 +2296,14 @@ class ProgressBar:
             self.stream.flush()
         self.drawn_width = 0
 
+    def end_line(self):
+        """End the bar's line where it stands (after Ctrl-C: the bar, and the
+        terminal's ^C, stay; the message that follows starts a line of its own)."""
+        if self.interactive and self.drawn_width:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.drawn_width = 0
+
 
 def epoch_header(validation=False):
     """The per-epoch table's titles (a validation column with early stopping)."""
@@ -5279,6 +5287,21 @@ def testing_bar(settings, console):
     return None if settings.quiet else ProgressBar(console.err, "testing")
 
 
+def test_with_bar(settings, console, engine, test_set, workers):
+    """evaluate on the test set below a progress bar, wiped when done; after
+    Ctrl-C its line is ended instead, so that the message starts on its own."""
+    bar = testing_bar(settings, console)
+    try:
+        evaluation = evaluate(engine, test_set, bar, workers)
+    except KeyboardInterrupt:
+        if bar:
+            bar.end_line()
+        raise
+    if bar:
+        bar.finish()
+    return evaluation
+
+
 def accuracy_line(evaluation):
     return "test accuracy: %.2f%% (%d/%d)" % (
         100 * evaluation.accuracy, evaluation.correct, evaluation.total)
@@ -5366,11 +5389,8 @@ def next_steps(settings):
 def report_results(settings, console, engine, test_set, state, workers=None):
     """Test the trained network and print (and save, and draw) the results."""
     started = time.perf_counter()
-    bar = testing_bar(settings, console)
-    evaluation = evaluate(engine, test_set, bar, workers)
+    evaluation = test_with_bar(settings, console, engine, test_set, workers)
     test_seconds = time.perf_counter() - started
-    if bar:
-        bar.finish()
     history = state.history
     train_seconds = sum(s.seconds for s in history)
     if history:
@@ -5419,8 +5439,8 @@ def train_and_report(settings, console, engine, datasets, state, workers):
         if bar:
             bar.finish()
         if test_each_epoch:
-            stats.test_accuracy = evaluate(engine, test_set, testing_bar(settings, console),
-                                           workers).accuracy
+            stats.test_accuracy = test_with_bar(settings, console, engine, test_set,
+                                                workers).accuracy
         console.say(format_epoch_row(stats, validation))
         if settings.checkpoint:
             save_run(settings.checkpoint, engine, settings, state)
@@ -5428,8 +5448,13 @@ def train_and_report(settings, console, engine, datasets, state, workers):
             bar.restart("epoch %d" % (stats.epoch + 1))
 
     stop = StopFlag()
-    with InterruptToStop(stop):
-        engine = fit(engine, train, held_out, settings, state, stop, bar, on_epoch, workers)
+    try:
+        with InterruptToStop(stop):
+            engine = fit(engine, train, held_out, settings, state, stop, bar, on_epoch, workers)
+    except KeyboardInterrupt:           # a second Ctrl-C: main says "interrupted", below
+        if bar:
+            bar.end_line()
+        raise
     if bar:
         bar.finish()
     if stop.requested:
