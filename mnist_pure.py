@@ -1965,6 +1965,7 @@ import http.server
 import ipaddress
 import json
 import re
+import shlex
 import socket
 import socketserver
 import tempfile
@@ -5067,6 +5068,71 @@ def option_name(field):
     return "--" + field.replace("_", "-")
 
 
+# Commands the program suggests (to go on after Ctrl-C, to keep the model ...)
+# are written out whole, to be pasted as they are.
+# The Settings fields that options set (but where to start), in Settings' order.
+COMMAND_FIELDS = tuple(
+    field.name for field in dataclasses.fields(Settings)
+    if field.name in {name for _, name in OPTION_FIELDS} | set(FLAG_FIELDS) | {"rest_sure"}
+    and field.name not in ("load", "resume"))
+PATH_FIELDS = ("data_dir", "save", "checkpoint", "plot", "plot_digits", "plot_weights")
+
+
+def shown_path(path):
+    """path as one types it here: relative to the current folder inside it, else whole."""
+    path = os.path.abspath(path)
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:                  # on another drive (Windows)
+        return path
+    return path if relative.startswith(os.pardir) else relative
+
+
+def script_words():
+    """How to start this file again from here: the interpreter running it, and the file."""
+    return [os.path.basename(sys.executable) or "python", shown_path(__file__)]
+
+
+def command_text(words):
+    """Words as one line to paste into a shell, quoted where a shell needs it."""
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def option_words(field, value):
+    """Settings.field = value as the command line says it: ['--lr', '0.1'],
+    ['--no-augment'], ['--hidden', '256,128'], ['--json']; [] for a value that
+    no option sets (a flag left off)."""
+    if field in FLAG_FIELDS:
+        return [option_name(field)] if value else []
+    if field == "rest_sure":
+        return [] if value else ["--no-rest"]
+    if field in ("augment", "mastery") and not value:
+        return [option_name("no_" + field)]
+    option = next(option for option, name in OPTION_FIELDS if name == field)
+    if isinstance(value, (tuple, list)):
+        text = ",".join(map(str, value))
+    elif field in PATH_FIELDS:
+        text = shown_path(value)
+    elif isinstance(value, float):
+        text = repr(value)              # the shortest text that reads back exactly
+    else:
+        text = str(value)
+    return [option_name(option), text]
+
+
+def run_words(settings, fields):
+    """The options that give each of fields its value in settings, where that
+    differs from what a run without the option would take (the value Settings
+    starts with, or the one choose_defaults makes for these images and options)."""
+    words = []
+    for field in fields:
+        fresh = dataclasses.replace(settings, **{field: getattr(Settings(), field)})
+        fresh.choose_defaults(settings.max_train)
+        if getattr(settings, field) != getattr(fresh, field):
+            words += option_words(field, getattr(settings, field))
+    return words
+
+
 def check_usage(parser, args, settings):
     """Combinations of options that make no sense: usage errors (exit 2)."""
     if args.load is not None and args.resume is not None:
@@ -5266,8 +5332,12 @@ class InterruptIgnored:
 
 
 def resume_command(settings, path):
-    extra = "" if settings.data_dir == DATA_DIR else " --data-dir %s" % settings.data_dir
-    return "python %s --resume %s%s" % (os.path.basename(__file__), path, extra)
+    """The command that finishes this run from the checkpoint at path: its epochs,
+    and what the user asked for that the checkpoint does not hold (the data, the
+    workers, the model to save, the reports and pictures)."""
+    return command_text(script_words() + ["--resume", shown_path(path), "--epochs",
+                                          str(settings.epochs)] +
+                        run_words(settings, [f for f in COMMAND_FIELDS if f not in RECIPE_CHECKS]))
 
 
 def save_interrupted(settings, engine, state, n_train, console):
@@ -5373,17 +5443,29 @@ def training_summary(history, seconds):
         format(sum(s.updated for s in history), ","), format(sum(s.skipped for s in history), ","))
 
 
+EXAMPLE_DIGIT = os.path.join(HERE, "docs", "examples", "seven.png")   # the README's
+
+
 def next_steps(settings):
-    """What to try next, once a run is over."""
+    """What to try next, once a run is over: commands to paste as they are."""
     model = settings.save or settings.load
-    if not model:
-        return ["next: --save keeps the model; then `predict your_digit.png` reads your "
-                "handwriting and `serve` opens a page to draw on"]
-    load = "" if model == DEFAULT_MODEL else " --load %s" % model
-    return ["next: python %s predict your_digit.png%s   (read your own handwriting)"
-            % (os.path.basename(__file__), load),
-            "      python %s serve%s --open   (draw digits in the browser)"
-            % (os.path.basename(__file__), load)]
+    load = [] if model in ("", DEFAULT_MODEL) else ["--load", shown_path(model)]
+    digit = shown_path(EXAMPLE_DIGIT) if os.path.exists(EXAMPLE_DIGIT) else "your_digit.png"
+    steps = [(["predict", digit] + load, "read a handwritten digit: %s, or your own"
+              % ("this 7" if digit != "your_digit.png" else "a picture of one")),
+             (["serve"] + load + ["--open"], "draw digits in the browser")]
+    titles = ["next:", "     "]
+    if not model:                   # first, the same run again, keeping the model
+        fields = list(COMMAND_FIELDS)
+        again = []
+        if settings.resume:         # from the same file, to the same epoch
+            fields.remove("epochs")
+            again = ["--resume", shown_path(settings.resume), "--epochs", str(settings.epochs)]
+        steps.insert(0, (again + run_words(settings, fields) + ["--save"],
+                         "this run again, keeping the model"))
+        titles = ["next:", "then:", "     "]
+    return ["%s %s   (%s)" % (title, command_text(script_words() + words), why)
+            for title, (words, why) in zip(titles, steps)]
 
 
 def report_results(settings, console, engine, test_set, state, workers=None):
@@ -5595,8 +5677,9 @@ def model_or_advice(path):
     """(network, metadata) of the model `predict` and `serve` use; if there is
     none, MnistError saying how to make one."""
     if not os.path.exists(path):
-        raise MnistError("%s: model file not found; train and save one first: "
-                         "python mnist_pure.py --max-train 60000 --save" % path)
+        save = ["--save"] + ([] if path == DEFAULT_MODEL else [shown_path(path)])
+        raise MnistError("%s: model file not found; train and save one first: %s"
+                         % (path, command_text(script_words() + ["--max-train", "60000"] + save)))
     return read_model(path)
 
 

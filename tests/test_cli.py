@@ -4,6 +4,7 @@ real process where exit codes, signals and pipes matter."""
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 import unittest
+from unittest import mock
 
 from helpers import SCRIPT, assert_one_line_error, mnist_pure as m, run_main, run_script
 
@@ -369,13 +371,48 @@ class RoughEdgeTests(TemporaryFolder):
         kept = re.search(r"kept epoch \d+ \(validation accuracy (\S+)%\)", run.out).group(1)
         self.assertIn(kept + "%", run.out.split("early stopping")[0])
 
-    def test_the_end_of_a_run_says_what_to_try_next(self):
-        run = run_main(*QUICK)
-        self.assertIn("predict", run.err)
-        self.assertIn("serve", run.err)
+    def test_the_end_of_a_run_suggests_commands_that_work_as_pasted(self):
+        # In a folder of its own, a copy of the program (with its data and the
+        # README's example digit) runs; each command it suggests is run as
+        # printed, there, in turn: the same run again, saving the model, whose
+        # own suggestions then read the example with that model.
+        folder = self.path("copy")
+        os.makedirs(os.path.join(folder, "docs", "examples"))
+        shutil.copy(SCRIPT, folder)
+        shutil.copy(m.EXAMPLE_DIGIT, os.path.join(folder, "docs", "examples"))
+        os.symlink(m.DATA_DIR, os.path.join(folder, "data"))
+        done = subprocess.run([sys.executable, "mnist_pure.py", "--max-train", "300",
+                               "--epochs", "1", "--max-test", "100", "--show", "0"],
+                              cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=300)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+        def suggested(err):
+            return [shlex.split(command) for command in re.findall(
+                r"^(?:next:|then:| {5}) (.*?)   \(", err, re.M)]
+        again, predict, serve = suggested(done.stderr)
+        self.assertEqual(again[-1], "--save")
+        self.assertEqual(serve[2:], ["serve", "--open"])
+        rerun = subprocess.run(again, cwd=folder, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+        self.assertEqual(rerun.returncode, 0, rerun.stderr)
+        self.assertEqual(rerun.stdout.splitlines()[-1], done.stdout.splitlines()[-1])
+        self.assertTrue(os.path.exists(os.path.join(folder, "model.safetensors")))
+        self.assertEqual(suggested(rerun.stderr), [predict, serve])
+        read = subprocess.run(predict, cwd=folder, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+        self.assertEqual(read.returncode, 0, read.stderr)
+        self.assertRegex(read.stdout, r"docs/examples/seven\.png: predicted \d")
+
+    def test_with_a_model_elsewhere_the_suggestions_load_it(self):
         model = self.path("m.safetensors")
         run = run_main(*QUICK, "--save", model)
-        self.assertIn("predict your_digit.png --load " + model, run.err)
+        self.assertEqual(run.code, 0, run.err)
+        commands = re.findall(r"^(?:next:| {5}) (.*?)   \(", run.err, re.M)
+        self.assertEqual(len(commands), 2)
+        for command in commands:
+            words = shlex.split(command)
+            self.assertEqual(os.path.abspath(words[words.index("--load") + 1]), model)
 
 
 class ProcessTests(TemporaryFolder):
@@ -439,6 +476,85 @@ class ProcessTests(TemporaryFolder):
         done = subprocess.run([sys.executable, "-c", "import mnist_pure"], cwd=os.path.dirname(SCRIPT),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         self.assertEqual((done.returncode, done.stdout, done.stderr), (0, b"", b""))
+
+
+
+TINY = ("--max-train", "200", "--max-test", "100", "--quiet", "--show", "0")
+
+
+def hint(err):
+    """The command after "To go on: " in a one-line message."""
+    return err.split("To go on: ", 1)[1].strip()
+
+
+def follow(command):
+    """Run a command the program printed, as a shell would, from here."""
+    environment = dict(os.environ)
+    environment.pop("MAX_TRAIN", None)
+    environment.pop("MAX_TEST", None)
+    return subprocess.run(command, shell=True, env=environment, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300)
+
+
+class StopAfter:
+    """A StopFlag whose request comes after `reads` looks at it (Ctrl-C, in-process)."""
+
+    def __init__(self, reads):
+        self.reads = reads
+
+    def __call__(self):
+        return self
+
+    @property
+    def requested(self):
+        self.reads -= 1
+        return self.reads < 0
+
+
+class GoingOnTests(TemporaryFolder):
+    """The commands a stopped or finished run prints: following them finishes the run
+    the user started; resuming says what changed, and what is left to do."""
+
+    def test_following_the_hint_after_ctrl_c_finishes_the_run_with_save_workers_and_json(self):
+        options = TINY + ("--epochs", "2", "--workers", "2", "--json")
+        whole, model, checkpoint = self.path("whole.st"), self.path("m.st"), self.path("ck.st")
+        straight = run_main(*options, "--save", whole)
+        self.assertEqual(straight.code, 0, straight.err)
+        with mock.patch.object(m, "StopFlag", StopAfter(1)):      # stops in epoch 1 or 2
+            stopped = run_main(*options, "--save", model, "--checkpoint", checkpoint)
+        self.assertEqual(stopped.code, 130, stopped.err)
+        self.assertFalse(os.path.exists(model))
+        done = follow(hint(stopped.err))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        summary = json.loads(done.stdout.splitlines()[-1])         # --json went on too
+        self.assertEqual((summary["workers"], summary["epochs"]), (2, 2))
+        self.assertEqual(summary["correct"], json.loads(straight.last_line)["correct"])
+        self.assertEqual(m.load_model(model).weights, m.load_model(whole).weights)
+
+    def test_the_hint_after_a_lost_worker_carries_the_same_options(self):
+        model, checkpoint, data = self.path("m.st"), self.path("ck.st"), self.path("data")
+        os.symlink(m.DATA_DIR, data)                # another --data-dir than the default
+
+        def lost(*_):
+            raise m.WorkerLost("worker process 1 was killed by signal 9")
+        with mock.patch.object(m, "train_and_report", lost), \
+                mock.patch.object(m, "start_workers", lambda *_: None):
+            run = run_main(*TINY, "--epochs", "1", "--workers", "2", "--data-dir", data,
+                           "--save", model, "--checkpoint", checkpoint, "--json")
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "killed by signal 9", "To go on: ")
+        done = follow(hint(run.err))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        summary = json.loads(done.stdout.splitlines()[-1])
+        self.assertEqual((summary["workers"], summary["total"], summary["epochs"]), (2, 100, 1))
+        self.assertTrue(os.path.exists(model))
+
+    def test_the_interactive_save_answer_is_in_the_hint(self):
+        settings = m.Settings(epochs=3, save=m.DEFAULT_MODEL, workers=2)
+        words = shlex.split(m.resume_command(settings, self.path("ck.st")))
+        self.assertEqual(os.path.abspath(words[words.index("--save") + 1]), m.DEFAULT_MODEL)
+        self.assertEqual(words[words.index("--workers") + 1], "2")
 
 
 if __name__ == "__main__":
