@@ -5231,7 +5231,8 @@ def load_data(settings, console):
 
 def starting_point(settings, given, console):
     """(network, TrainingState): fresh, or read from --resume. Resuming takes
-    the saved recipe, except what the command line sets again."""
+    the saved recipe, except what the command line sets again; a run with no
+    epochs left is refused, unless --epochs says that is all (then it is tested)."""
     if not settings.resume:
         return NeuralNetwork(settings.sizes(), settings.seed), TrainingState()
     network, _, recipe, state = load_run(settings.resume)
@@ -5243,12 +5244,30 @@ def starting_point(settings, given, console):
     for field, value in recipe.items():
         if field not in given:
             setattr(settings, field, value)
-        elif getattr(settings, field) != value and field != "epochs":
-            console.note("note: resuming with %s = %s instead of the saved %s"
-                         % (option_name(field), getattr(settings, field), value))
     if network.sizes != settings.sizes():
         raise MnistError("%s is a %s network, not %s" % (
             settings.resume, architecture(network.sizes), architecture(settings.sizes())))
+    finished = state.epoch >= settings.epochs or state.stopped_early
+    if finished and "epochs" in given and state.epoch == settings.epochs:
+        console.note("note: %s has trained the %d epochs asked for; testing it"
+                     % (settings.resume, state.epoch))
+    elif finished:          # nothing to train: say how to train more, not test it again
+        test = command_text(script_words() + ["--load", shown_path(settings.resume)])
+        if state.stopped_early:
+            raise MnistError("%s: training stopped early, after epoch %d; to test it: %s"
+                             % (settings.resume, state.epoch, test))
+        done = ("%d epochs, more than --epochs %d" if "epochs" in given else
+                "%d of %d epochs") % (state.epoch, settings.epochs)
+        raise MnistError("%s: already trained %s; add --epochs N (above %d) to train it "
+                         "further, or test it: %s" % (settings.resume, done, state.epoch, test))
+    for field, value in recipe.items():              # --epochs N is how one goes on: no note
+        if field in given and field != "epochs" and getattr(settings, field) != value:
+            now = " ".join(option_words(field, getattr(settings, field)))
+            saved = " ".join(option_words(field, value))
+            if saved:
+                console.note("note: resuming with %s instead of the saved %s" % (now, saved))
+            else:
+                console.note("note: resuming with %s, which the saved run did not have" % now)
     return network, state
 
 

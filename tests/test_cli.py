@@ -556,6 +556,49 @@ class GoingOnTests(TemporaryFolder):
         self.assertEqual(os.path.abspath(words[words.index("--save") + 1]), m.DEFAULT_MODEL)
         self.assertEqual(words[words.index("--workers") + 1], "2")
 
+    def test_resuming_a_finished_model_says_how_to_train_it_further(self):
+        model = self.path("m.st")
+        self.assertEqual(run_main(*TINY, "--epochs", "1", "--save", model).code, 0)
+        run = run_main("--resume", model, *TINY)
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "already trained 1 of 1 epochs; add --epochs N")
+        self.assertEqual(run.out, "")                       # no old table, no "trained in"
+        test = run.err.split("or test it: ")[1].strip()
+        self.assertEqual(run_main(*shlex.split(test)[2:], "--max-test", "100").code, 0)
+        fewer = run_main("--resume", model, "--epochs", "1", *TINY)     # all it asked for
+        self.assertEqual(fewer.code, 0, fewer.err)
+        self.assertIn("has trained the 1 epochs asked for; testing it", fewer.err)
+        more = run_main("--resume", model, "--epochs", "2", *TINY)
+        self.assertEqual(more.code, 0, more.err)
+        self.assertIn("resuming after epoch 1", more.out)
+
+    def test_resuming_a_run_that_stopped_early_says_so(self):
+        model = self.path("m.st")
+        m.save_run(model, m.NeuralNetwork(seed=1), m.Settings(learning_rate=0.05, epochs=9,
+                                                             augment=""),
+                   m.TrainingState(epoch=4, stopped_early=True))
+        run = run_main("--resume", model, *TINY)
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "stopped early, after epoch 4", "--load " + model)
+
+    def test_each_note_on_a_changed_setting_names_the_option_as_one_types_it(self):
+        model = self.path("m.st")
+        self.assertEqual(run_main(*TINY, "--epochs", "1", "--save", model).code, 0)
+        run = run_main("--resume", model, "--epochs", "2", *TINY, "--lr", "0.1", "--no-augment",
+                       "--momentum", "0.5", "--nesterov", "--engine", "lists", "--no-rest")
+        self.assertEqual(run.code, 0, run.err)
+        notes = [line for line in run.err.splitlines() if line.startswith("note: resuming")]
+        self.assertEqual(sorted(notes), sorted([
+            "note: resuming with --lr 0.1 instead of the saved --lr 0.02",
+            "note: resuming with --no-augment instead of the saved --augment affine",
+            "note: resuming with --momentum 0.5 instead of the saved --momentum 0.0",
+            "note: resuming with --nesterov, which the saved run did not have",
+            "note: resuming with --no-rest, which the saved run did not have"]))
+        other = run_main("--resume", model, "--epochs", "2", *TINY, "--hidden", "64")
+        self.assertEqual(other.code, 1)
+        assert_one_line_error(self, other.err, "is a 784-128-10 network, not 784-64-10")
+        self.assertNotIn("(64,)", other.err)
+
 
 if __name__ == "__main__":
     unittest.main()
