@@ -5193,9 +5193,12 @@ def ask_settings(settings, console):
             settings.load = DEFAULT_MODEL
             return settings
     settings.max_train = ask(console, "How many training images? (1-60,000)",
-                             format(settings.max_train, ","), whole_number(1, 60000))
-    settings.choose_defaults(settings.max_train)
-    settings.epochs = ask(console, "How many epochs? (1-1,000)", settings.epochs,
+                             format(settings.max_train, ","), whole_number(1))
+    # More images than there are: load_data takes them all, with a note, as for
+    # --max-train; so here only the epochs are chosen, the rest for the images there are.
+    chosen = dataclasses.replace(settings)
+    chosen.choose_defaults(settings.max_train)
+    settings.epochs = ask(console, "How many epochs? (1-1,000)", chosen.epochs,
                           whole_number(1, 1000))
     exists = os.path.exists(DEFAULT_MODEL)
     if os.access(HERE, os.W_OK) and ask(

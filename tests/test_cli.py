@@ -312,15 +312,25 @@ class RoughEdgeTests(TemporaryFolder):
             self.assertIn(command, usage)
         self.assertNotIn("~3 minutes", run.out)
 
-    def test_the_prompt_refuses_more_images_than_exist_at_once_and_takes_5_000(self):
+    def test_the_prompt_takes_more_images_than_exist_as_the_flag_does_with_its_note(self):
         answers = ["train"] if os.path.exists(m.DEFAULT_MODEL) else []
-        prompts, console = [], None
-        console = console_answering(answers + ["70000", "5,000", "", "n"], prompts)
-        settings = m.ask_settings(m.Settings(), console)
-        self.assertEqual(settings.max_train, 5000)
-        self.assertIn("at most 60,000", console.err.getvalue())
-        asked = [p for p in prompts if "training images" in p]
-        self.assertEqual(len(asked), 2)                  # asked again straight away
+        prompts = []
+        console = console_answering(answers + ["70000", "", "n"], prompts)
+        asked = m.ask_settings(m.Settings(), console)
+        self.assertEqual(len([p for p in prompts if "training images" in p]), 1)
+        parser = m.build_parser()
+        flagged = m.settings_from_args(parser, parser.parse_args(["--max-train", "70000"]), {})
+        notes = []
+        for settings in (asked, flagged):
+            train, _, _ = m.load_data(settings, console)
+            settings.choose_defaults(len(train))
+            notes.append(console.err.getvalue())
+            console.err.truncate(0)
+            console.err.seek(0)
+        self.assertEqual(len(train), 60000)
+        self.assertEqual(notes, ["note: asked for 70,000 training images; using the 60,000 "
+                                 "there are\n"] * 2)
+        self.assertEqual(asked.recipe(), flagged.recipe())    # chosen for 60,000, both
 
     def test_ctrl_d_and_ctrl_c_at_a_prompt_end_the_prompts_line_first(self):
         for reply, code in ((EOFError(), 1), (KeyboardInterrupt(), 130)):
