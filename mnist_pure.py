@@ -5577,6 +5577,9 @@ def run_training(settings, given, console):
             check_destination(path)
     network, state = starting_point(settings, given, console)
     train, held_out, test_set = load_data(settings, console)
+    if settings.batch_size > len(train):
+        console.note("note: a batch of %s is more than the %s training images: one step an "
+                     "epoch" % (format(settings.batch_size, ","), format(len(train), ",")))
     if state.position > len(train):
         raise MnistError("%s stopped at image %d of an epoch, but there are %d training images"
                          % (settings.resume, state.position, len(train)))

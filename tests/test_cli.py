@@ -609,6 +609,16 @@ class GoingOnTests(TemporaryFolder):
         assert_one_line_error(self, other.err, "is a 784-128-10 network, not 784-64-10")
         self.assertNotIn("(64,)", other.err)
 
+    def test_a_batch_larger_than_the_training_set_gets_a_note(self):
+        run = run_main("--batch-size", "5000", "--max-train", "100", "--epochs", "1",
+                       "--max-test", "100", "--quiet", "--show", "0")
+        self.assertEqual(run.code, 0, run.err)
+        self.assertEqual(run.err.splitlines()[0], "note: a batch of 5,000 is more than the 100 "
+                                                  "training images: one step an epoch")
+        run = run_main("--batch-size", "100", "--max-train", "100", "--epochs", "1",
+                       "--max-test", "100", "--quiet", "--show", "0")
+        self.assertNotIn("a batch of", run.err)
+
 
 if __name__ == "__main__":
     unittest.main()
