@@ -5069,8 +5069,8 @@ def option_name(field):
 
 
 # Commands the program suggests (to go on after Ctrl-C, to keep the model ...)
-# are written out whole, to be pasted as they are.
-# The Settings fields that options set (but where to start), in Settings' order.
+# are written out whole, to be pasted as they are. COMMAND_FIELDS: the Settings
+# fields that options set (but where to start), in Settings' order.
 COMMAND_FIELDS = tuple(
     field.name for field in dataclasses.fields(Settings)
     if field.name in {name for _, name in OPTION_FIELDS} | set(FLAG_FIELDS) | {"rest_sure"}
