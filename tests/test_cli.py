@@ -542,6 +542,22 @@ class GoingOnTests(TemporaryFolder):
         self.assertEqual(summary["correct"], json.loads(straight.last_line)["correct"])
         self.assertEqual(m.load_model(model).weights, m.load_model(whole).weights)
 
+    def test_following_the_hint_after_ctrl_c_while_testing_tests_and_saves_the_model(self):
+        model, checkpoint = self.path("m.st"), self.path("ck.st")
+
+        def ctrl_c(*_, **__):
+            raise KeyboardInterrupt
+        with mock.patch.object(m, "answers", ctrl_c):
+            stopped = run_main(*TINY, "--epochs", "1", "--save", model, "--checkpoint",
+                               checkpoint)
+        self.assertEqual(stopped.code, 130, stopped.err)
+        self.assertIn("interrupted after training, while testing", stopped.err)
+        done = follow(hint(stopped.err))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("has trained the 1 epochs asked for; testing it", done.stderr)
+        self.assertRegex(done.stdout.splitlines()[-1], r"^test accuracy: .*/100\)$")
+        self.assertTrue(os.path.exists(model))
+
     def test_the_hint_after_a_lost_worker_carries_the_same_options(self):
         model, checkpoint, data = self.path("m.st"), self.path("ck.st"), self.path("data")
         os.symlink(m.DATA_DIR, data)                # another --data-dir than the default
@@ -594,8 +610,8 @@ class GoingOnTests(TemporaryFolder):
     def test_each_note_on_a_changed_setting_names_the_option_as_one_types_it(self):
         model = self.path("m.st")
         self.assertEqual(run_main(*TINY, "--epochs", "1", "--save", model).code, 0)
-        run = run_main("--resume", model, "--epochs", "2", *TINY, "--lr", "0.1", "--no-augment",
-                       "--momentum", "0.5", "--nesterov", "--engine", "lists", "--no-rest")
+        run = run_main("--resume", model, "--epochs", "1", *TINY, "--lr", "0.1", "--no-augment",
+                       "--momentum", "0.5", "--nesterov", "--no-rest")   # (no epoch to train)
         self.assertEqual(run.code, 0, run.err)
         notes = [line for line in run.err.splitlines() if line.startswith("note: resuming")]
         self.assertEqual(sorted(notes), sorted([
