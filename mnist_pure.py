@@ -5090,7 +5090,7 @@ def shown_path(path):
 
 def script_words():
     """How to start this file again from here: the interpreter running it, and the file."""
-    return [os.path.basename(sys.executable) or "python", shown_path(__file__)]
+    return [os.path.basename(sys.executable or "python"), shown_path(__file__)]
 
 
 def command_text(words):
