@@ -416,7 +416,8 @@ class RoughEdgeTests(TemporaryFolder):
 
     def test_with_a_model_elsewhere_the_suggestions_load_it(self):
         model = self.path("m.safetensors")
-        run = run_main(*QUICK, "--save", model)
+        run = run_main("--max-train", "100", "--epochs", "1", "--max-test", "100", "--quiet",
+                       "--show", "0", "--save", model)
         self.assertEqual(run.code, 0, run.err)
         commands = re.findall(r"^(?:next:| {5}) (.*?)   \(", run.err, re.M)
         self.assertEqual(len(commands), 2)
@@ -461,7 +462,11 @@ class ProcessTests(TemporaryFolder):
         out, err = process.communicate(timeout=120)
         self.assertEqual(process.returncode, 130, err)
         assert_one_line_error(self, err, "interrupted in epoch", "of 60,000", checkpoint,
-                              "--resume " + checkpoint)
+                              "To go on: ")
+        words = shlex.split(err.split("To go on: ")[1])      # from where the program ran
+        self.assertTrue(os.path.samefile(os.path.join(self.folder,
+                                                      words[words.index("--resume") + 1]),
+                                         checkpoint))
         _, _, recipe, state = m.load_run(checkpoint)
         self.assertEqual((recipe["max_train"], recipe["epochs"]), (60000, 3))
         where = re.search(r"in epoch (\d+) at image ([\d,]+)", err)
