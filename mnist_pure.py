@@ -5252,8 +5252,8 @@ def starting_point(settings, given, console):
             settings.resume, architecture(network.sizes), architecture(settings.sizes())))
     finished = state.epoch >= settings.epochs or state.stopped_early
     if finished and "epochs" in given and state.epoch == settings.epochs:
-        console.note("note: %s has trained the %d epochs asked for; testing it"
-                     % (settings.resume, state.epoch))
+        console.note("note: %s has trained the %d epoch%s asked for; testing it"
+                     % (settings.resume, state.epoch, "s" if state.epoch != 1 else ""))
     elif finished:          # nothing to train: say how to train more, not test it again
         test = command_text(script_words() + ["--load", shown_path(settings.resume)])
         if state.stopped_early:

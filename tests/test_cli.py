@@ -559,7 +559,7 @@ class GoingOnTests(TemporaryFolder):
         self.assertIn("interrupted after training, while testing", stopped.err)
         done = follow(hint(stopped.err))
         self.assertEqual(done.returncode, 0, done.stderr)
-        self.assertIn("has trained the 1 epochs asked for; testing it", done.stderr)
+        self.assertIn("has trained the 1 epoch asked for; testing it", done.stderr)
         self.assertRegex(done.stdout.splitlines()[-1], r"^test accuracy: .*/100\)$")
         self.assertTrue(os.path.exists(model))
 
@@ -598,7 +598,7 @@ class GoingOnTests(TemporaryFolder):
         self.assertEqual(run_main(*shlex.split(test)[2:], "--max-test", "100").code, 0)
         fewer = run_main("--resume", model, "--epochs", "1", *TINY)     # all it asked for
         self.assertEqual(fewer.code, 0, fewer.err)
-        self.assertIn("has trained the 1 epochs asked for; testing it", fewer.err)
+        self.assertIn("has trained the 1 epoch asked for; testing it", fewer.err)
         more = run_main("--resume", model, "--epochs", "2", *TINY)
         self.assertEqual(more.code, 0, more.err)
         self.assertIn("resuming after epoch 1", more.out)
