@@ -2334,6 +2334,7 @@ import http.server
 import ipaddress
 import json
 import re
+import shlex
 import socket
 import socketserver
 import tempfile
@@ -2678,6 +2679,14 @@ class ProgressBar:
             self.stream.flush()
         self.drawn_width = 0
 
+    def end_line(self):
+        """End the bar's line where it stands (after Ctrl-C: the bar, and the
+        terminal's ^C, stay; the message that follows starts a line of its own)."""
+        if self.interactive and self.drawn_width:
+            self.stream.write("\n")
+            self.stream.flush()
+        self.drawn_width = 0
+
 
 def epoch_header(validation=False):
     """The per-epoch table's titles (a validation column with early stopping)."""
@@ -2793,13 +2802,16 @@ def training_curves(history):
     return curves
 
 
-def nice_ticks(low, high, count=5):
-    """About `count` round tick values (1, 2 or 5 times a power of ten) covering low..high."""
+def nice_ticks(low, high, count=5, whole=False):
+    """About `count` round tick values (1, 2 or 5 times a power of ten) covering
+    low..high; whole: whole numbers only (epochs: a step of at least 1)."""
     if high <= low:
         high = low + 1.0
     raw = (high - low) / count
     power = 10.0 ** math.floor(math.log10(raw))
     step = next(m * power for m in (1, 2, 5, 10) if m * power >= raw)
+    if whole:
+        step = max(step, 1.0)
     ticks = [math.floor(low / step) * step]
     while ticks[-1] < high - step * 1e-9:
         ticks.append(round(ticks[-1] + step, 10))
@@ -2811,7 +2823,7 @@ class Plot:
 
     def __init__(self, left, top, width, height, xs, ys):
         self.left, self.top, self.width, self.height = left, top, width, height
-        self.x_ticks = nice_ticks(min(xs), max(xs))
+        self.x_ticks = nice_ticks(min(xs), max(xs), whole=True)     # x: epochs
         self.y_ticks = nice_ticks(min(ys), max(ys))
 
     def x(self, value):
@@ -5685,6 +5697,71 @@ def option_name(field):
     return "--" + field.replace("_", "-")
 
 
+# Commands the program suggests (to go on after Ctrl-C, to keep the model ...)
+# are written out whole, to be pasted as they are. COMMAND_FIELDS: the Settings
+# fields that options set (but where to start), in Settings' order.
+COMMAND_FIELDS = tuple(
+    field.name for field in dataclasses.fields(Settings)
+    if field.name in {name for _, name in OPTION_FIELDS} | set(FLAG_FIELDS) | {"rest_sure"}
+    and field.name not in ("load", "resume"))
+PATH_FIELDS = ("data_dir", "save", "checkpoint", "plot", "plot_digits", "plot_weights")
+
+
+def shown_path(path):
+    """path as one types it here: relative to the current folder inside it, else whole."""
+    path = os.path.abspath(path)
+    try:
+        relative = os.path.relpath(path)
+    except ValueError:                  # on another drive (Windows)
+        return path
+    return path if relative.startswith(os.pardir) else relative
+
+
+def script_words():
+    """How to start this file again from here: the interpreter running it, and the file."""
+    return [os.path.basename(sys.executable or "python"), shown_path(__file__)]
+
+
+def command_text(words):
+    """Words as one line to paste into a shell, quoted where a shell needs it."""
+    return " ".join(shlex.quote(word) for word in words)
+
+
+def option_words(field, value):
+    """Settings.field = value as the command line says it: ['--lr', '0.1'],
+    ['--no-augment'], ['--hidden', '256,128'], ['--json']; [] for a value that
+    no option sets (a flag left off)."""
+    if field in FLAG_FIELDS:
+        return [option_name(field)] if value else []
+    if field == "rest_sure":
+        return [] if value else ["--no-rest"]
+    if field in ("augment", "mastery") and not value:
+        return [option_name("no_" + field)]
+    option = next(option for option, name in OPTION_FIELDS if name == field)
+    if isinstance(value, (tuple, list)):
+        text = ",".join(map(str, value))
+    elif field in PATH_FIELDS:
+        text = shown_path(value)
+    elif isinstance(value, float):
+        text = repr(value)              # the shortest text that reads back exactly
+    else:
+        text = str(value)
+    return [option_name(option), text]
+
+
+def run_words(settings, fields):
+    """The options that give each of fields its value in settings, where that
+    differs from what a run without the option would take (the value Settings
+    starts with, or the one choose_defaults makes for these images and options)."""
+    words = []
+    for field in fields:
+        fresh = dataclasses.replace(settings, **{field: getattr(Settings(), field)})
+        fresh.choose_defaults(settings.max_train)
+        if getattr(settings, field) != getattr(fresh, field):
+            words += option_words(field, getattr(settings, field))
+    return words
+
+
 def check_usage(parser, args, settings):
     """Combinations of options that make no sense: usage errors (exit 2)."""
     if args.load is not None and args.resume is not None:
@@ -5744,9 +5821,12 @@ def ask_settings(settings, console):
             settings.load = DEFAULT_MODEL
             return settings
     settings.max_train = ask(console, "How many training images? (1-60,000)",
-                             format(settings.max_train, ","), whole_number(1, 60000))
-    settings.choose_defaults(settings.max_train)
-    settings.epochs = ask(console, "How many epochs? (1-1,000)", settings.epochs,
+                             format(settings.max_train, ","), whole_number(1))
+    # More images than there are: load_data takes them all, with a note, as for
+    # --max-train; so here only the epochs are chosen, the rest for the images there are.
+    chosen = dataclasses.replace(settings)
+    chosen.choose_defaults(settings.max_train)
+    settings.epochs = ask(console, "How many epochs? (1-1,000)", chosen.epochs,
                           whole_number(1, 1000))
     exists = os.path.exists(DEFAULT_MODEL)
     if os.access(HERE, os.W_OK) and ask(
@@ -5782,7 +5862,8 @@ def load_data(settings, console):
 
 def starting_point(settings, given, console):
     """(network, TrainingState): fresh, or read from --resume. Resuming takes
-    the saved recipe, except what the command line sets again."""
+    the saved recipe, except what the command line sets again; a run with no
+    epochs left is refused, unless --epochs says that is all (then it is tested)."""
     if not settings.resume:
         return NeuralNetwork(settings.sizes(), settings.seed), TrainingState()
     network, _, recipe, state = load_run(settings.resume)
@@ -5794,12 +5875,30 @@ def starting_point(settings, given, console):
     for field, value in recipe.items():
         if field not in given:
             setattr(settings, field, value)
-        elif getattr(settings, field) != value and field != "epochs":
-            console.note("note: resuming with %s = %s instead of the saved %s"
-                         % (option_name(field), getattr(settings, field), value))
     if network.sizes != settings.sizes():
         raise MnistError("%s is a %s network, not %s" % (
             settings.resume, architecture(network.sizes), architecture(settings.sizes())))
+    finished = state.epoch >= settings.epochs or state.stopped_early
+    if finished and "epochs" in given and state.epoch == settings.epochs:
+        console.note("note: %s has trained the %d epoch%s asked for; testing it"
+                     % (settings.resume, state.epoch, "s" if state.epoch != 1 else ""))
+    elif finished:          # nothing to train: say how to train more, not test it again
+        test = command_text(script_words() + ["--load", shown_path(settings.resume)])
+        if state.stopped_early:
+            raise MnistError("%s: training stopped early, after epoch %d; to test it: %s"
+                             % (settings.resume, state.epoch, test))
+        done = ("%d epochs, more than --epochs %d" if "epochs" in given else
+                "%d of %d epochs") % (state.epoch, settings.epochs)
+        raise MnistError("%s: already trained %s; add --epochs N (above %d) to train it "
+                         "further, or test it: %s" % (settings.resume, done, state.epoch, test))
+    for field, value in recipe.items():              # --epochs N is how one goes on: no note
+        if field in given and field != "epochs" and getattr(settings, field) != value:
+            now = " ".join(option_words(field, getattr(settings, field)))
+            saved = " ".join(option_words(field, value))
+            if saved:
+                console.note("note: resuming with %s instead of the saved %s" % (now, saved))
+            else:
+                console.note("note: resuming with %s, which the saved run did not have" % now)
     return network, state
 
 
@@ -5883,8 +5982,12 @@ class InterruptIgnored:
 
 
 def resume_command(settings, path):
-    extra = "" if settings.data_dir == DATA_DIR else " --data-dir %s" % settings.data_dir
-    return "python %s --resume %s%s" % (os.path.basename(__file__), path, extra)
+    """The command that finishes this run from the checkpoint at path: its epochs,
+    and what the user asked for that the checkpoint does not hold (the data, the
+    workers, the model to save, the reports and pictures)."""
+    return command_text(script_words() + ["--resume", shown_path(path), "--epochs",
+                                          str(settings.epochs)] +
+                        run_words(settings, [f for f in COMMAND_FIELDS if f not in RECIPE_CHECKS]))
 
 
 def save_interrupted(settings, engine, state, n_train, console):
@@ -5902,6 +6005,21 @@ def save_interrupted(settings, engine, state, n_train, console):
 
 def testing_bar(settings, console):
     return None if settings.quiet else ProgressBar(console.err, "testing")
+
+
+def test_with_bar(settings, console, engine, test_set, workers):
+    """evaluate on the test set below a progress bar, wiped when done; after
+    Ctrl-C its line is ended instead, so that the message starts on its own."""
+    bar = testing_bar(settings, console)
+    try:
+        evaluation = evaluate(engine, test_set, bar, workers)
+    except KeyboardInterrupt:
+        if bar:
+            bar.end_line()
+        raise
+    if bar:
+        bar.finish()
+    return evaluation
 
 
 def accuracy_line(evaluation):
@@ -5975,27 +6093,36 @@ def training_summary(history, seconds):
         format(sum(s.updated for s in history), ","), format(sum(s.skipped for s in history), ","))
 
 
+EXAMPLE_DIGIT = os.path.join(HERE, "docs", "examples", "seven.png")   # the README's
+
+
 def next_steps(settings):
-    """What to try next, once a run is over."""
+    """What to try next, once a run is over: commands to paste as they are."""
     model = settings.save or settings.load
-    if not model:
-        return ["next: --save keeps the model; then `predict your_digit.png` reads your "
-                "handwriting and `serve` opens a page to draw on"]
-    load = "" if model == DEFAULT_MODEL else " --load %s" % model
-    return ["next: python %s predict your_digit.png%s   (read your own handwriting)"
-            % (os.path.basename(__file__), load),
-            "      python %s serve%s --open   (draw digits in the browser)"
-            % (os.path.basename(__file__), load)]
+    load = [] if model in ("", DEFAULT_MODEL) else ["--load", shown_path(model)]
+    digit = shown_path(EXAMPLE_DIGIT) if os.path.exists(EXAMPLE_DIGIT) else "your_digit.png"
+    steps = [(["predict", digit] + load, "read a handwritten digit: %s, or your own"
+              % ("this 7" if digit != "your_digit.png" else "a picture of one")),
+             (["serve"] + load + ["--open"], "draw digits in the browser")]
+    titles = ["next:", "     "]
+    if not model:                   # first, the same run again, keeping the model
+        fields = list(COMMAND_FIELDS)
+        again = []
+        if settings.resume:         # from the same file, to the same epoch
+            fields.remove("epochs")
+            again = ["--resume", shown_path(settings.resume), "--epochs", str(settings.epochs)]
+        steps.insert(0, (again + run_words(settings, fields) + ["--save"],
+                         "this run again, keeping the model"))
+        titles = ["next:", "then:", "     "]
+    return ["%s %s   (%s)" % (title, command_text(script_words() + words), why)
+            for title, (words, why) in zip(titles, steps)]
 
 
 def report_results(settings, console, engine, test_set, state, workers=None):
     """Test the trained network and print (and save, and draw) the results."""
     started = time.perf_counter()
-    bar = testing_bar(settings, console)
-    evaluation = evaluate(engine, test_set, bar, workers)
+    evaluation = test_with_bar(settings, console, engine, test_set, workers)
     test_seconds = time.perf_counter() - started
-    if bar:
-        bar.finish()
     history = state.history
     train_seconds = sum(s.seconds for s in history)
     if history:
@@ -6072,8 +6199,8 @@ def train_and_report(settings, console, engine, datasets, state, workers):
         if bar:
             bar.finish()
         if test_each_epoch:
-            stats.test_accuracy = evaluate(engine, test_set, testing_bar(settings, console),
-                                           workers).accuracy
+            stats.test_accuracy = test_with_bar(settings, console, engine, test_set,
+                                                workers).accuracy
         console.say(format_epoch_row(stats, validation))
         if stats.train_accuracy < NO_BETTER and (stats.epoch > 1 or stats.seen >= 2000):
             warn_or_stop(settings, console, "epoch %d learned nothing: %.1f%% of its images "
@@ -6084,13 +6211,17 @@ def train_and_report(settings, console, engine, datasets, state, workers):
             bar.restart("epoch %d" % (stats.epoch + 1))
 
     stop = StopFlag()
-    with InterruptToStop(stop):
-        try:
+    try:
+        with InterruptToStop(stop):
             engine = fit(engine, train, held_out, settings, state, stop, bar, on_epoch, workers)
-        except Diverged as e:
-            if bar:
-                bar.finish()
-            raise MnistError("%s; %s" % (e, rate_advice(settings, too_large=True)))
+    except KeyboardInterrupt:           # a second Ctrl-C: main says "interrupted", below
+        if bar:
+            bar.end_line()
+        raise
+    except Diverged as e:
+        if bar:
+            bar.end_line()
+        raise MnistError("%s; %s" % (e, rate_advice(settings, too_large=True)))
     if bar:
         bar.finish()
     if stop.requested:
@@ -6109,6 +6240,9 @@ def run_training(settings, given, console):
             check_destination(path)
     network, state = starting_point(settings, given, console)
     train, held_out, test_set = load_data(settings, console)
+    if settings.batch_size > len(train):
+        console.note("note: a batch of %s is more than the %s training images: one step an "
+                     "epoch" % (format(settings.batch_size, ","), format(len(train), ",")))
     if state.position > len(train):
         raise MnistError("%s stopped at image %d of an epoch, but there are %d training images"
                          % (settings.resume, state.position, len(train)))
@@ -6231,8 +6365,9 @@ def model_or_advice(path):
     """(network, metadata) of the model `predict` and `serve` use; if there is
     none, MnistError saying how to make one."""
     if not os.path.exists(path):
-        raise MnistError("%s: model file not found; train and save one first: "
-                         "python mnist_pure.py --max-train 60000 --save" % path)
+        save = ["--save"] + ([] if path == DEFAULT_MODEL else [shown_path(path)])
+        raise MnistError("%s: model file not found; train and save one first: %s"
+                         % (path, command_text(script_words() + ["--max-train", "60000"] + save)))
     return read_model(path)
 
 

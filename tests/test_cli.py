@@ -4,6 +4,7 @@ real process where exit codes, signals and pipes matter."""
 import json
 import os
 import re
+import shlex
 import shutil
 import signal
 import subprocess
@@ -11,6 +12,7 @@ import sys
 import tempfile
 import time
 import unittest
+from unittest import mock
 
 from helpers import SCRIPT, assert_one_line_error, mnist_pure as m, run_main, run_script
 
@@ -310,15 +312,25 @@ class RoughEdgeTests(TemporaryFolder):
             self.assertIn(command, usage)
         self.assertNotIn("~3 minutes", run.out)
 
-    def test_the_prompt_refuses_more_images_than_exist_at_once_and_takes_5_000(self):
+    def test_the_prompt_takes_more_images_than_exist_as_the_flag_does_with_its_note(self):
         answers = ["train"] if os.path.exists(m.DEFAULT_MODEL) else []
-        prompts, console = [], None
-        console = console_answering(answers + ["70000", "5,000", "", "n"], prompts)
-        settings = m.ask_settings(m.Settings(), console)
-        self.assertEqual(settings.max_train, 5000)
-        self.assertIn("at most 60,000", console.err.getvalue())
-        asked = [p for p in prompts if "training images" in p]
-        self.assertEqual(len(asked), 2)                  # asked again straight away
+        prompts = []
+        console = console_answering(answers + ["70000", "", "n"], prompts)
+        asked = m.ask_settings(m.Settings(), console)
+        self.assertEqual(len([p for p in prompts if "training images" in p]), 1)
+        parser = m.build_parser()
+        flagged = m.settings_from_args(parser, parser.parse_args(["--max-train", "70000"]), {})
+        notes = []
+        for settings in (asked, flagged):
+            train, _, _ = m.load_data(settings, console)
+            settings.choose_defaults(len(train))
+            notes.append(console.err.getvalue())
+            console.err.truncate(0)
+            console.err.seek(0)
+        self.assertEqual(len(train), 60000)
+        self.assertEqual(notes, ["note: asked for 70,000 training images; using the 60,000 "
+                                 "there are\n"] * 2)
+        self.assertEqual(asked.recipe(), flagged.recipe())    # chosen for 60,000, both
 
     def test_ctrl_d_and_ctrl_c_at_a_prompt_end_the_prompts_line_first(self):
         for reply, code in ((EOFError(), 1), (KeyboardInterrupt(), 130)):
@@ -369,13 +381,49 @@ class RoughEdgeTests(TemporaryFolder):
         kept = re.search(r"kept epoch \d+ \(validation accuracy (\S+)%\)", run.out).group(1)
         self.assertIn(kept + "%", run.out.split("early stopping")[0])
 
-    def test_the_end_of_a_run_says_what_to_try_next(self):
-        run = run_main(*QUICK)
-        self.assertIn("predict", run.err)
-        self.assertIn("serve", run.err)
+    def test_the_end_of_a_run_suggests_commands_that_work_as_pasted(self):
+        # In a folder of its own, a copy of the program (with its data and the
+        # README's example digit) runs; each command it suggests is run as
+        # printed, there, in turn: the same run again, saving the model, whose
+        # own suggestions then read the example with that model.
+        folder = self.path("copy")
+        os.makedirs(os.path.join(folder, "docs", "examples"))
+        shutil.copy(SCRIPT, folder)
+        shutil.copy(m.EXAMPLE_DIGIT, os.path.join(folder, "docs", "examples"))
+        os.symlink(m.DATA_DIR, os.path.join(folder, "data"))
+        done = subprocess.run([sys.executable, "mnist_pure.py", "--max-train", "300",
+                               "--epochs", "1", "--max-test", "100", "--show", "0"],
+                              cwd=folder, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              universal_newlines=True, timeout=300)
+        self.assertEqual(done.returncode, 0, done.stderr)
+
+        def suggested(err):
+            return [shlex.split(command) for command in re.findall(
+                r"^(?:next:|then:| {5}) (.*?)   \(", err, re.M)]
+        again, predict, serve = suggested(done.stderr)
+        self.assertEqual(again[-1], "--save")
+        self.assertEqual(serve[2:], ["serve", "--open"])
+        rerun = subprocess.run(again, cwd=folder, stdout=subprocess.PIPE,
+                               stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+        self.assertEqual(rerun.returncode, 0, rerun.stderr)
+        self.assertEqual(rerun.stdout.splitlines()[-1], done.stdout.splitlines()[-1])
+        self.assertTrue(os.path.exists(os.path.join(folder, "model.safetensors")))
+        self.assertEqual(suggested(rerun.stderr), [predict, serve])
+        read = subprocess.run(predict, cwd=folder, stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, universal_newlines=True, timeout=300)
+        self.assertEqual(read.returncode, 0, read.stderr)
+        self.assertRegex(read.stdout, r"docs/examples/seven\.png: predicted \d")
+
+    def test_with_a_model_elsewhere_the_suggestions_load_it(self):
         model = self.path("m.safetensors")
-        run = run_main(*QUICK, "--save", model)
-        self.assertIn("predict your_digit.png --load " + model, run.err)
+        run = run_main("--max-train", "100", "--epochs", "1", "--max-test", "100", "--quiet",
+                       "--show", "0", "--save", model)
+        self.assertEqual(run.code, 0, run.err)
+        commands = re.findall(r"^(?:next:| {5}) (.*?)   \(", run.err, re.M)
+        self.assertEqual(len(commands), 2)
+        for command in commands:
+            words = shlex.split(command)
+            self.assertEqual(os.path.abspath(words[words.index("--load") + 1]), model)
 
 
 class ProcessTests(TemporaryFolder):
@@ -414,7 +462,11 @@ class ProcessTests(TemporaryFolder):
         out, err = process.communicate(timeout=120)
         self.assertEqual(process.returncode, 130, err)
         assert_one_line_error(self, err, "interrupted in epoch", "of 60,000", checkpoint,
-                              "--resume " + checkpoint)
+                              "To go on: ")
+        words = shlex.split(err.split("To go on: ")[1])      # from where the program ran
+        self.assertTrue(os.path.samefile(os.path.join(self.folder,
+                                                      words[words.index("--resume") + 1]),
+                                         checkpoint))
         _, _, recipe, state = m.load_run(checkpoint)
         self.assertEqual((recipe["max_train"], recipe["epochs"]), (60000, 3))
         where = re.search(r"in epoch (\d+) at image ([\d,]+)", err)
@@ -439,6 +491,154 @@ class ProcessTests(TemporaryFolder):
         done = subprocess.run([sys.executable, "-c", "import mnist_pure"], cwd=os.path.dirname(SCRIPT),
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, timeout=60)
         self.assertEqual((done.returncode, done.stdout, done.stderr), (0, b"", b""))
+
+
+
+TINY = ("--max-train", "200", "--max-test", "100", "--quiet", "--show", "0")
+
+
+def hint(err):
+    """The command after "To go on: " in a one-line message."""
+    return err.split("To go on: ", 1)[1].strip()
+
+
+def follow(command):
+    """Run a command the program printed, as a shell would, from here."""
+    environment = dict(os.environ)
+    environment.pop("MAX_TRAIN", None)
+    environment.pop("MAX_TEST", None)
+    return subprocess.run(command, shell=True, env=environment, stdin=subprocess.DEVNULL,
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                          universal_newlines=True, timeout=300)
+
+
+class StopAfter:
+    """A StopFlag whose request comes after `reads` looks at it (Ctrl-C, in-process)."""
+
+    def __init__(self, reads):
+        self.reads = reads
+
+    def __call__(self):
+        return self
+
+    @property
+    def requested(self):
+        self.reads -= 1
+        return self.reads < 0
+
+
+class GoingOnTests(TemporaryFolder):
+    """The commands a stopped or finished run prints: following them finishes the run
+    the user started; resuming says what changed, and what is left to do."""
+
+    def test_following_the_hint_after_ctrl_c_finishes_the_run_with_save_workers_and_json(self):
+        options = TINY + ("--epochs", "2", "--workers", "2", "--json")
+        whole, model, checkpoint = self.path("whole.st"), self.path("m.st"), self.path("ck.st")
+        straight = run_main(*options, "--save", whole)
+        self.assertEqual(straight.code, 0, straight.err)
+        with mock.patch.object(m, "StopFlag", StopAfter(1)):      # stops in epoch 1 or 2
+            stopped = run_main(*options, "--save", model, "--checkpoint", checkpoint)
+        self.assertEqual(stopped.code, 130, stopped.err)
+        self.assertFalse(os.path.exists(model))
+        done = follow(hint(stopped.err))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        summary = json.loads(done.stdout.splitlines()[-1])         # --json went on too
+        self.assertEqual((summary["workers"], summary["epochs"]), (2, 2))
+        self.assertEqual(summary["correct"], json.loads(straight.last_line)["correct"])
+        self.assertEqual(m.load_model(model).weights, m.load_model(whole).weights)
+
+    def test_following_the_hint_after_ctrl_c_while_testing_tests_and_saves_the_model(self):
+        model, checkpoint = self.path("m.st"), self.path("ck.st")
+
+        def ctrl_c(*_, **__):
+            raise KeyboardInterrupt
+        with mock.patch.object(m, "answers", ctrl_c):
+            stopped = run_main(*TINY, "--epochs", "1", "--save", model, "--checkpoint",
+                               checkpoint)
+        self.assertEqual(stopped.code, 130, stopped.err)
+        self.assertIn("interrupted after training, while testing", stopped.err)
+        done = follow(hint(stopped.err))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        self.assertIn("has trained the 1 epoch asked for; testing it", done.stderr)
+        self.assertRegex(done.stdout.splitlines()[-1], r"^test accuracy: .*/100\)$")
+        self.assertTrue(os.path.exists(model))
+
+    def test_the_hint_after_a_lost_worker_carries_the_same_options(self):
+        model, checkpoint, data = self.path("m.st"), self.path("ck.st"), self.path("data")
+        os.symlink(m.DATA_DIR, data)                # another --data-dir than the default
+
+        def lost(*_):
+            raise m.WorkerLost("worker process 1 was killed by signal 9")
+        with mock.patch.object(m, "train_and_report", lost), \
+                mock.patch.object(m, "start_workers", lambda *_: None):
+            run = run_main(*TINY, "--epochs", "1", "--workers", "2", "--data-dir", data,
+                           "--save", model, "--checkpoint", checkpoint, "--json")
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "killed by signal 9", "To go on: ")
+        done = follow(hint(run.err))
+        self.assertEqual(done.returncode, 0, done.stderr)
+        summary = json.loads(done.stdout.splitlines()[-1])
+        self.assertEqual((summary["workers"], summary["total"], summary["epochs"]), (2, 100, 1))
+        self.assertTrue(os.path.exists(model))
+
+    def test_the_interactive_save_answer_is_in_the_hint(self):
+        settings = m.Settings(epochs=3, save=m.DEFAULT_MODEL, workers=2)
+        words = shlex.split(m.resume_command(settings, self.path("ck.st")))
+        self.assertEqual(os.path.abspath(words[words.index("--save") + 1]), m.DEFAULT_MODEL)
+        self.assertEqual(words[words.index("--workers") + 1], "2")
+
+    def test_resuming_a_finished_model_says_how_to_train_it_further(self):
+        model = self.path("m.st")
+        self.assertEqual(run_main(*TINY, "--epochs", "1", "--save", model).code, 0)
+        run = run_main("--resume", model, *TINY)
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "already trained 1 of 1 epochs; add --epochs N")
+        self.assertEqual(run.out, "")                       # no old table, no "trained in"
+        test = run.err.split("or test it: ")[1].strip()
+        self.assertEqual(run_main(*shlex.split(test)[2:], "--max-test", "100").code, 0)
+        fewer = run_main("--resume", model, "--epochs", "1", *TINY)     # all it asked for
+        self.assertEqual(fewer.code, 0, fewer.err)
+        self.assertIn("has trained the 1 epoch asked for; testing it", fewer.err)
+        more = run_main("--resume", model, "--epochs", "2", *TINY)
+        self.assertEqual(more.code, 0, more.err)
+        self.assertIn("resuming after epoch 1", more.out)
+
+    def test_resuming_a_run_that_stopped_early_says_so(self):
+        model = self.path("m.st")
+        m.save_run(model, m.NeuralNetwork(seed=1), m.Settings(learning_rate=0.05, epochs=9,
+                                                             augment=""),
+                   m.TrainingState(epoch=4, stopped_early=True))
+        run = run_main("--resume", model, *TINY)
+        self.assertEqual(run.code, 1)
+        assert_one_line_error(self, run.err, "stopped early, after epoch 4", "--load " + model)
+
+    def test_each_note_on_a_changed_setting_names_the_option_as_one_types_it(self):
+        model = self.path("m.st")
+        self.assertEqual(run_main(*TINY, "--epochs", "1", "--save", model).code, 0)
+        run = run_main("--resume", model, "--epochs", "1", *TINY, "--lr", "0.1", "--no-augment",
+                       "--momentum", "0.5", "--nesterov", "--no-rest")   # (no epoch to train)
+        self.assertEqual(run.code, 0, run.err)
+        notes = [line for line in run.err.splitlines() if line.startswith("note: resuming")]
+        self.assertEqual(sorted(notes), sorted([
+            "note: resuming with --lr 0.1 instead of the saved --lr 0.02",
+            "note: resuming with --no-augment instead of the saved --augment affine",
+            "note: resuming with --momentum 0.5 instead of the saved --momentum 0.0",
+            "note: resuming with --nesterov, which the saved run did not have",
+            "note: resuming with --no-rest, which the saved run did not have"]))
+        other = run_main("--resume", model, "--epochs", "2", *TINY, "--hidden", "64")
+        self.assertEqual(other.code, 1)
+        assert_one_line_error(self, other.err, "is a 784-128-10 network, not 784-64-10")
+        self.assertNotIn("(64,)", other.err)
+
+    def test_a_batch_larger_than_the_training_set_gets_a_note(self):
+        run = run_main("--batch-size", "5000", "--max-train", "100", "--epochs", "1",
+                       "--max-test", "100", "--quiet", "--show", "0")
+        self.assertEqual(run.code, 0, run.err)
+        self.assertEqual(run.err.splitlines()[0], "note: a batch of 5,000 is more than the 100 "
+                                                  "training images: one step an epoch")
+        run = run_main("--batch-size", "100", "--max-train", "100", "--epochs", "1",
+                       "--max-test", "100", "--quiet", "--show", "0")
+        self.assertNotIn("a batch of", run.err)
 
 
 if __name__ == "__main__":

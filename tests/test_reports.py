@@ -2,8 +2,12 @@
 
 import io
 import os
+import re
+import shutil
 import struct
+import tempfile
 import unittest
+from unittest import mock
 import xml.etree.ElementTree as ElementTree
 import zlib
 
@@ -98,6 +102,17 @@ class ProgressBarTests(unittest.TestCase):
         bar = m.ProgressBar(stream, "testing", clock=clock)
         drive(bar, clock, range(0, 1000, 100), 1000, 0.1)
         self.assertEqual(stream.getvalue(), "")
+
+    def test_ending_the_line_keeps_the_bar_and_moves_below_it(self):
+        for terminal, expected in ((True, "\n"), (False, "")):
+            stream, clock = FakeStream(terminal=terminal), FakeClock()
+            bar = m.ProgressBar(stream, "testing", clock=clock, every=0.5)
+            drive(bar, clock, range(0, 1000, 100), 1000, 0.2)
+            drawn = stream.getvalue()
+            bar.end_line()
+            self.assertEqual(stream.getvalue(), drawn + expected)
+            bar.end_line()                          # once only
+            self.assertEqual(stream.getvalue(), drawn + expected)
 
     def test_durations_read_like_a_clock(self):
         self.assertEqual(m.format_duration(7), "0:07")
@@ -231,6 +246,80 @@ class PictureTests(unittest.TestCase):
         self.assertEqual(ticks, [0.0, 1.0, 2.0, 3.0])
         self.assertEqual(m.nice_ticks(90.5, 98.2), [90.0, 92.0, 94.0, 96.0, 98.0, 100.0])
         self.assertEqual(m.nice_ticks(5, 5)[0], 5)
+
+    def test_the_epoch_axis_is_labelled_in_whole_epochs(self):
+        # Under each panel, the labels of the x (epoch) axis: in the SVG, the
+        # texts 18 px below the frame; in the PNG, those drawn 9 px below it.
+        bottom = 50 + 250
+        for epochs in (1, 2, 3, 10, 60):
+            root = ElementTree.fromstring(m.svg_curves(history(epochs)))
+            svg = [t.text for t in root.iter(SVG + "text") if t.get("y") == str(bottom + 18)]
+            drawn = []
+            original = m.Canvas.text
+
+            def text(canvas, x, y, words, *rest, **options):
+                if y == bottom + 9:
+                    drawn.append(words)
+                return original(canvas, x, y, words, *rest, **options)
+            with mock.patch.object(m.Canvas, "text", text):
+                m.png_curves(history(epochs))
+            for labels in (svg, drawn):
+                self.assertGreaterEqual(len(labels), 2 * 2, (epochs, labels))   # 2 panels
+                self.assertTrue(all(re.fullmatch(r"\d+", label) for label in labels),
+                                (epochs, labels))
+                self.assertIn(str(epochs), labels)
+            self.assertEqual(svg, drawn)
+
+
+
+def run_on_a_terminal(*argv):
+    """main(argv) with its output and errors on one fake terminal, as a shell
+    shows them; (exit code, the lines as they read on the screen: each line's
+    text after its last carriage return)."""
+    screen = FakeStream(terminal=True)
+    code = m.main(list(argv), m.Console(out=screen, err=screen, interactive=False))
+    return code, [line.split("\r")[-1] for line in screen.getvalue().split("\n")]
+
+
+class BarLineTests(unittest.TestCase):
+    """A bar's line is finished before the next text: wiped when it is done;
+    after Ctrl-C, ended, so that the message starts a line of its own."""
+
+    def setUp(self):
+        self.folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, self.folder)
+        self.checkpoint = os.path.join(self.folder, "ck.st")
+
+    def ctrl_c_while_testing(self, engine, data, start=0, stop=None, progress=None):
+        progress(0)                                 # the bar is drawn ...
+        raise KeyboardInterrupt                     # ... when Ctrl-C comes
+
+    def test_ctrl_c_while_testing_after_training_ends_the_bars_line_first(self):
+        with mock.patch.object(m, "answers", self.ctrl_c_while_testing):
+            code, lines = run_on_a_terminal("--max-train", "100", "--epochs", "1", "--max-test",
+                                            "100", "--show", "0", "--checkpoint", self.checkpoint)
+        self.assertEqual(code, 130)
+        (message,) = [line for line in lines if "interrupted" in line]
+        self.assertTrue(message.startswith("interrupted after training, while testing"), message)
+        self.assertTrue(lines[lines.index(message) - 1].startswith("testing   0%|"))
+
+    def test_ctrl_c_while_testing_a_loaded_model_ends_the_bars_line_first(self):
+        model = os.path.join(self.folder, "m.st")
+        m.save_model(m.NeuralNetwork(seed=1), model)
+        with mock.patch.object(m, "answers", self.ctrl_c_while_testing):
+            code, lines = run_on_a_terminal("--load", model, "--max-test", "100")
+        self.assertEqual(code, 130)
+        self.assertEqual([line for line in lines if "interrupted" in line], ["interrupted"])
+
+    def test_each_epochs_test_bar_is_wiped_before_its_row(self):
+        code, lines = run_on_a_terminal("--max-train", "100", "--epochs", "2", "--max-test",
+                                        "100", "--show", "0", "--test-each-epoch")
+        self.assertEqual(code, 0)
+        row = r" +[12] +0\.0\d{4} +\d\.\d{4} "            # epoch, rate, loss ...
+        rows = [line for line in lines if re.search(row, line)]
+        self.assertEqual(len(rows), 2, lines)
+        for line in rows:
+            self.assertRegex(line, "^" + row)
 
 
 if __name__ == "__main__":
