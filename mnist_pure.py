@@ -1019,9 +1019,9 @@ def combined(a, u, b, v):
     return [a * x + b * y for x, y in zip(u, v)]
 
 
-def decayed(change, w, shrink):
-    """change + shrink * w, or change alone when there is no decay (shrink 0)."""
-    return combined(1.0, change, shrink, w) if shrink else change
+def decayed(change, w, shrinking):
+    """change + shrinking * w, or change alone when there is no decay (shrinking 0)."""
+    return combined(1.0, change, shrinking, w) if shrinking else change
 
 
 class SGD:
@@ -1041,12 +1041,12 @@ class SGD:
         return batch_rate(plain_rate, batch) * (1.0 - self.mu)
 
     def step(self, w, state, g, rate, t):
-        shrink = -rate * self.decay                  # keep - 1
+        shrinking = -rate * self.decay                  # keep - 1
         if not self.mu:
-            return decayed(scaled(-rate, g), w, shrink), state
+            return decayed(scaled(-rate, g), w, shrinking), state
         v = combined(self.mu, state[0], 1.0, g)
         push = combined(1.0, g, self.mu, v) if self.nesterov else v
-        return decayed(scaled(-rate, push), w, shrink), [v]
+        return decayed(scaled(-rate, push), w, shrinking), [v]
 
     def catch_up(self, w, state, k, rate, t):
         """k steps with g = 0. The velocity fades: v_j = mu**j v. The row shrinks
@@ -1055,13 +1055,13 @@ class SGD:
             w_k = keep**k w - rate mu sum_(j=1..k) keep**(k-j) mu**(j-1) v,
         a geometric sum: (keep**k - mu**k) / (keep - mu) (k mu**(k-1) if equal)."""
         keep = 1.0 - rate * self.decay
-        shrink = keep ** k - 1.0
+        shrinking = keep ** k - 1.0
         if not self.mu:
-            return scaled(shrink, w), state
+            return scaled(shrinking, w), state
         mu = self.mu
         total = (keep ** k - mu ** k) / (keep - mu) if keep != mu else k * mu ** (k - 1)
         push = rate * (mu * mu if self.nesterov else mu) * total
-        return decayed(scaled(-push, state[0]), w, shrink), [scaled(mu ** k, state[0])]
+        return decayed(scaled(-push, state[0]), w, shrinking), [scaled(mu ** k, state[0])]
 
 
 class Adam:
@@ -1181,6 +1181,19 @@ class Resting:
                 self.until[k], self.confidence[k] = until, confidence
 
 
+def network_from(weights, biases):
+    """A NeuralNetwork holding the given weights and biases (lists, not copied)."""
+    network = NeuralNetwork.__new__(NeuralNetwork)        # no random start to throw away
+    network.sizes = [len(weights[0])] + [len(b) for b in biases]
+    network.weights, network.biases = weights, biases
+    return network
+
+
+def copy_network(network):
+    return network_from([[list(row) for row in w] for w in network.weights],
+                        [list(b) for b in network.biases])
+
+
 class OptimizerState:
     """What an optimizer keeps for a network: for each layer, a state row (one
     list per name in state_names) for every row of W and one for b; the steps
@@ -1208,6 +1221,18 @@ def summed_gradients(pending, layer, n_in, n_out):
             for j, d in zip(js, ds):
                 row[j] += xi * d
     return rows
+
+
+def transposed(rows):
+    """A matrix given as rows, [n_in][n_out], as PyTorch stores it: the values of
+    its columns one after another ([n_out][n_in], row-major)."""
+    return [row[j] for j in range(len(rows[0])) for row in rows]
+
+
+def rows_of(values, n_in):
+    """The inverse of transposed: [n_in][n_out] rows from [n_out][n_in] values."""
+    n_out = len(values) // n_in
+    return [[values[j * n_in + i] for j in range(n_out)] for i in range(n_in)]
 
 
 class Trainer:
@@ -1250,6 +1275,10 @@ class Trainer:
 
     def set_row(self, i, values):
         self.model.weights[0][i] = list(values)
+
+    def network_copy(self):
+        """A NeuralNetwork holding a copy of the weights."""
+        return copy_network(self.model)
 
     def first_gradients(self, pending, scale):
         """W1's summed gradient over a batch times scale, {row: [sizes[1]]}."""
@@ -1360,7 +1389,7 @@ class Trainer:
     def settled_network(self):
         """A copy of the network with every row brought up to date, leaving this
         one as it is: the model, when training stops inside an epoch."""
-        network = copy_network(as_network(self.model))
+        network = self.network_copy()
         if self.optimizer is not None:
             state, t = self.state, self.state.steps
             for i in range(network.sizes[0]):
@@ -1415,18 +1444,6 @@ class Trainer:
                 state.biases[l][k] = list(tensors["optimizer.fc%d.bias.%s" % (l + 1, name)][1])
 
 
-def transposed(rows):
-    """A matrix given as rows, [n_in][n_out], as PyTorch stores it: the values of
-    its columns one after another ([n_out][n_in], row-major)."""
-    return [row[j] for j in range(len(rows[0])) for row in rows]
-
-
-def rows_of(values, n_in):
-    """The inverse of transposed: [n_in][n_out] rows from [n_out][n_in] values."""
-    n_out = len(values) // n_in
-    return [[values[j * n_in + i] for j in range(n_out)] for i in range(n_in)]
-
-
 # =============================================================================
 # Part III: the fast engines
 # =============================================================================
@@ -1453,18 +1470,6 @@ class Diverged(MnistError):
     """Training blew up: the loss became nan, or the weights grew past what the
     packed engine holds. (Only too large a learning rate gets there.)"""
 
-
-def network_from(weights, biases):
-    """A NeuralNetwork holding the given weights and biases (lists, not copied)."""
-    network = NeuralNetwork.__new__(NeuralNetwork)        # no random start to throw away
-    network.sizes = [len(weights[0])] + [len(b) for b in biases]
-    network.weights, network.biases = weights, biases
-    return network
-
-
-def copy_network(network):
-    return network_from([[list(row) for row in w] for w in network.weights],
-                        [list(b) for b in network.biases])
 
 # =============================================================================
 # 11. The packed engine: 128 weights in one integer (for CPython)
@@ -1797,6 +1802,9 @@ class PackedTrainer(Trainer):
 
     def set_row(self, i, values):
         self.model.set_row(i, values)
+
+    def network_copy(self):
+        return self.model.to_network()
 
     def first_gradients(self, pending, scale):
         return self.model.first_gradients(pending, scale)
@@ -2459,8 +2467,8 @@ class Settings:
         plain = default_learning_rate(n_train)
         if self.augment:
             plain = min(DISTORTED_RATE, plain)
-        self.default_rate = OPTIMIZERS[self.optimizer](self.options()).default_rate(
-            plain, self.batch_size)
+        rate = OPTIMIZERS[self.optimizer](self.options()).default_rate(plain, self.batch_size)
+        self.default_rate = float("%.3g" % rate)          # 0.0113, not 0.0113137
         if self.learning_rate is None:
             self.learning_rate = self.default_rate
 
@@ -5578,8 +5586,9 @@ def build_parser():
                                                            format(SMALL_SET, ","),
                                                            DEFAULT_EPOCHS))
     recipe.add_argument("--lr", type=positive_number, metavar="RATE",
-                        help="starting learning rate (default: 0.05 up to 5,000 images, "
-                             "less beyond; at most %g with distortions; 0.001 with Adam)"
+                        help="starting learning rate (default: 0.03 up to ~14,000 images, "
+                             "less beyond; at most %g with distortions; x sqrt(B) for "
+                             "mini-batches, x (1 - M) with momentum; 0.001 with Adam)"
                              % DISTORTED_RATE)
     recipe.add_argument("--lr-decay", type=decay_factor, metavar="F",
                         help="multiply the rate by F ... (default %g)" % DEFAULT_LR_DECAY)
@@ -5607,14 +5616,16 @@ def build_parser():
     more.add_argument("--no-augment", action="store_true",
                       help="no distortions, whatever the number of images")
     more.add_argument("--batch-size", type=whole_number(1), metavar="B",
-                      help="mini-batch SGD: one step per B images (default 1)")
+                      help="mini-batches: one step per B images, the rate x sqrt(B) (default "
+                           "1; %d with momentum, Adam or weight decay)" % OPTIMIZER_BATCH)
     more.add_argument("--momentum", type=number_in(0.0, 0.999), metavar="M",
-                      help="heavy-ball momentum, e.g. 0.9 (default 0: none)")
+                      help="heavy-ball momentum, e.g. 0.9, the rate x (1 - M) (default 0: none)")
     more.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
     more.add_argument("--optimizer", choices=tuple(OPTIMIZERS),
                       help="how gradients become steps: %s (default sgd)" % ", ".join(OPTIMIZERS))
     more.add_argument("--weight-decay", type=number_in(0.0, 1.0), metavar="L",
-                      help="L2 weight decay, e.g. 1e-4 (default 0)")
+                      help="shrink every weight by (1 - rate * L) at every step, e.g. 1e-4 "
+                           "(default 0)")
     more.add_argument("--dropout", type=number_in(0.0, 0.95, high_open=False), metavar="P",
                       help="drop each hidden unit with probability P while training")
     speed = parser.add_argument_group("speed")
@@ -6118,6 +6129,31 @@ def next_steps(settings):
             for title, (words, why) in zip(titles, steps)]
 
 
+NO_BETTER = 2.0 / N_DIGITS     # under 20% right: no better than guessing, near enough
+# (checked after an epoch of 2,000 images or more, or from the second epoch on: a
+# fresh network's first few hundred answers are guesses, however well it learns)
+
+
+def rate_advice(settings, too_large):
+    """'the learning rate 5 is too large ...; try --lr 0.02': the rate the
+    recipe would choose, or a third of this one if it is that already."""
+    rate, default = settings.learning_rate, settings.default_rate
+    if too_large or rate == default:
+        better = default if rate > default else rate / 3
+        return ("the learning rate %g is too large for it (the weights blew up, or every "
+                "hidden unit fell silent): try --lr %.3g" % (rate, better))
+    return "the learning rate %g may be too small: try --lr %.3g" % (rate, default)
+
+
+def warn_or_stop(settings, console, problem):
+    """A run that cannot learn says so: a rate above the recipe's (the usual
+    cause, and a network that has stopped learning for good) stops the run;
+    otherwise it is a warning, and training goes on."""
+    if settings.learning_rate > settings.default_rate:
+        raise MnistError("%s; %s" % (problem, rate_advice(settings, too_large=True)))
+    console.note("warning: %s; %s" % (problem, rate_advice(settings, too_large=False)))
+
+
 def report_results(settings, console, engine, test_set, state, workers=None):
     """Test the trained network and print (and save, and draw) the results."""
     started = time.perf_counter()
@@ -6161,31 +6197,6 @@ def start_workers(settings, train, held_out, test_set):
         datasets["held_out"] = held_out
     return Workers(settings.workers, datasets, settings.sizes(), settings.engine_name(),
                    settings.recipe(), settings.options(), settings.start_method)
-
-
-NO_BETTER = 2.0 / N_DIGITS     # under 20% right: no better than guessing, near enough
-# (checked after an epoch of 2,000 images or more, or from the second epoch on: a
-# fresh network's first few hundred answers are guesses, however well it learns)
-
-
-def rate_advice(settings, too_large):
-    """'the learning rate 5 is too large ...; try --lr 0.02': the rate the
-    recipe would choose, or a third of this one if it is that already."""
-    rate, default = settings.learning_rate, settings.default_rate
-    if too_large or rate == default:
-        better = default if rate > default else rate / 3
-        return ("the learning rate %g is too large for it (the weights blew up, or every "
-                "hidden unit fell silent): try --lr %.3g" % (rate, better))
-    return "the learning rate %g may be too small: try --lr %.3g" % (rate, default)
-
-
-def warn_or_stop(settings, console, problem):
-    """A run that cannot learn says so: a rate above the recipe's (the usual
-    cause, and a network that has stopped learning for good) stops the run;
-    otherwise it is a warning, and training goes on."""
-    if settings.learning_rate > settings.default_rate:
-        raise MnistError("%s; %s" % (problem, rate_advice(settings, too_large=True)))
-    console.note("warning: %s; %s" % (problem, rate_advice(settings, too_large=False)))
 
 
 def train_and_report(settings, console, engine, datasets, state, workers):
@@ -6240,13 +6251,13 @@ def run_training(settings, given, console):
             check_destination(path)
     network, state = starting_point(settings, given, console)
     train, held_out, test_set = load_data(settings, console)
-    if settings.batch_size > len(train):
-        console.note("note: a batch of %s is more than the %s training images: one step an "
-                     "epoch" % (format(settings.batch_size, ","), format(len(train), ",")))
     if state.position > len(train):
         raise MnistError("%s stopped at image %d of an epoch, but there are %d training images"
                          % (settings.resume, state.position, len(train)))
     settings.choose_defaults(len(train))
+    if settings.batch_size > len(train):
+        console.note("note: a batch of %s is more than the %s training images: one step an "
+                     "epoch" % (format(settings.batch_size, ","), format(len(train), ",")))
     engine = make_engine(network, settings.engine_name())
     for line in describe_run(settings, len(train), len(test_set), state):
         console.say(line)

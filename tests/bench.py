@@ -135,22 +135,23 @@ def time_workers(n, train, test, n_train):
 
 OPTIONS = [("plain SGD (the lesson's)", {}),
            ("--batch-size 32", {"batch_size": 32}),
-           ("--batch-size 32 --momentum 0.9", {"batch_size": 32, "momentum": 0.9}),
-           ("--batch-size 32 --optimizer adam", {"batch_size": 32, "optimizer": "adam"}),
-           ("--batch-size 32 --weight-decay 1e-4", {"batch_size": 32, "weight_decay": 1e-4}),
-           ("--weight-decay 1e-4 (a dense step per image)", {"weight_decay": 1e-4}),
+           ("--momentum 0.9 (mini-batches of 32)", {"momentum": 0.9}),
+           ("--momentum 0.9 --nesterov (mini-batches of 32)", {"momentum": 0.9, "nesterov": True}),
+           ("--optimizer adam (mini-batches of 32)", {"optimizer": "adam"}),
+           ("--weight-decay 1e-4 (mini-batches of 32)", {"weight_decay": 1e-4}),
+           ("--momentum 0.9 --batch-size 1", {"momentum": 0.9, "batch_size": 1}),
            ("--dropout 0.2", {"dropout": 0.2})]
 OPTIONS += [("--augment " + name, {"augment": name}) for name in m.DISTORTIONS]
 
 
 def time_option(fields, train, n_train, warmup):
-    """Training steps/s (mastery off) with the options in fields, on the
-    engine that auto picks for them."""
+    """Training steps/s (mastery off) with the options in fields, at their
+    defaults (section 10's batch and rate), on the engine that auto picks."""
     fields = dict({"augment": ""}, **fields)
     settings = m.Settings(max_train=n_train, mastery=0.0, **fields)
     settings.choose_defaults(n_train)
     engine = m.make_engine(m.NeuralNetwork(seed=1), settings.engine_name())
-    trainer = m.Trainer(engine, settings.options(), 1)
+    trainer = m.make_trainer(engine, settings.options(), 1)
     recipe = m.Recipe(1, 0.01, mastery=0.0)
     stats = m.EpochStats(1, 0.01)
     m.train_share(trainer, train, recipe, 0, 0, warmup, stats)

@@ -127,7 +127,7 @@ class BatchTests(unittest.TestCase):
         for image, label in train[:3]:
             acts = reference.forward(image)
             for x, delta, total in zip(acts.inputs, reference.backward(acts, label), sums):
-                m.add_outer(total, x, delta)
+                add_outer(total, x, delta)
         batched = trainer([784, 16, 10], seed=3, batch_size=3)
         run(batched, train[:3], learning_rate=0.3)
         for w_new, w_old, total in zip(batched.model.weights, reference.weights, sums):
@@ -147,6 +147,13 @@ class BatchTests(unittest.TestCase):
                 self.assertAlmostEqual(x, y, delta=1e-8)
 
 
+def add_outer(total, u, v):
+    """total += outer(u, v), for sparse u and v."""
+    for i, ui in zip(*u):
+        for j, vj in zip(*v):
+            total[i][j] += ui * vj
+
+
 def eager_training(sizes, seed, options, images, rate, batch):
     """The optimizer as written, with no laziness: at every step every row of
     every layer steps with its mean gradient (0 where no image touched it)."""
@@ -162,9 +169,7 @@ def eager_training(sizes, seed, options, images, rate, batch):
         for image, label in chunk:
             acts = net.forward(image)
             for l, (x, delta) in enumerate(zip(acts.inputs, net.backward(acts, label))):
-                for i, xi in zip(*x):
-                    for j, d in zip(*delta):
-                        sums[l][i][j] += xi * d
+                add_outer(sums[l], x, delta)
                 for j, d in zip(*delta):
                     bias_sums[l][j] += d
         for l, w in enumerate(net.weights):
