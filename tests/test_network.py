@@ -197,7 +197,38 @@ class LearningTests(unittest.TestCase):
                 self.assertEqual(right, 20, (sizes, engine))
 
 
+    def test_pixels_scaled_to_0_1_are_refused_saying_to_multiply_by_255(self):
+        _, test = mnist()
+        scaled = [v / 255.0 for v in test[0][0]]
+        for engine in ("lists", "packed"):
+            with self.assertRaises(m.MnistError) as caught:
+                m.make_engine(m.NeuralNetwork(seed=1), engine).predict(scaled)
+            self.assertIn("multiply them by 255", str(caught.exception))
+        self.assertEqual(len(m.NeuralNetwork(seed=1).predict(bytes(784))), 10)   # blank is fine
+
+    def test_a_label_outside_0_to_9_is_a_clear_error_before_training(self):
+        _, test = mnist()
+        for label in (12, -1, 2.0, "3"):
+            with self.assertRaises(m.MnistError) as caught:
+                m.train_until_mastery(m.NeuralNetwork([784, 8, 10]), [(test[0][0], label)])
+            self.assertIn("0..9", str(caught.exception))
+
+
 class PackedEngineTests(unittest.TestCase):
+    def test_float_pixels_are_read_as_the_whole_numbers_they_round_to(self):
+        train, test = mnist()
+        network = m.NeuralNetwork(seed=1)
+        packed = m.make_engine(network, "packed")
+        image = test[0][0]
+        floats = [v + 0.3 if 0 < v < 255 else float(v) for v in image]
+        self.assertEqual(packed.predict(floats), packed.predict(image))
+        for a, b in zip(packed.predict(floats), network.predict(floats)):
+            self.assertAlmostEqual(a, b, delta=1e-3)          # (the lists engine keeps the .3)
+        images = [([float(v) for v in image], label) for image, label in train[:20]]
+        trained = m.train_until_mastery(m.make_engine(network, "packed"), images, epochs=1)
+        same = m.train_until_mastery(m.make_engine(network, "packed"), train[:20], epochs=1)
+        self.assertEqual(m.as_network(trained).weights, m.as_network(same).weights)
+
     def test_packing_round_trips_the_weights_exactly_on_the_fixed_point_grid(self):
         network = m.NeuralNetwork(seed=1)
         back = m.PackedNetwork(network).to_network()

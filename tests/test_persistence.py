@@ -382,6 +382,29 @@ class CheckpointTests(unittest.TestCase):
         self.assertEqual(loaded.best_network.weights, state.best_network.weights)
         self.assertIn("rng", json.loads(metadata["training_state"]))
 
+    def test_a_model_file_holds_the_model_alone_and_a_checkpoint_what_training_needs(self):
+        """A model file's tensors are PyTorch's state_dict of the network, so
+        load_state_dict(strict=True) takes it; a checkpoint keeps beside them
+        which images rest, the best epoch and the optimizer's state."""
+        folder = tempfile.mkdtemp()
+        self.addCleanup(shutil.rmtree, folder)
+        train, _ = mnist()
+        settings = m.Settings(max_train=200, epochs=1, augment="", momentum=0.9, validation=1,
+                              hidden=(16, 8))
+        settings.choose_defaults(200)
+        state = m.TrainingState()
+        engine = m.fit(m.make_engine(m.NeuralNetwork(settings.sizes(), 1), "packed"),
+                       train[:200], train[-50:], settings, state, m.StopFlag())
+        names = {}
+        for kind, checkpoint in (("model", False), ("checkpoint", True)):
+            path = os.path.join(folder, kind + ".safetensors")
+            m.save_run(path, engine, settings, state, 0.5, checkpoint=checkpoint)
+            names[kind] = set(m.read_safetensors(path)[0])
+        model = {"fc%d.%s" % (l, kind) for l in (1, 2, 3) for kind in ("weight", "bias")}
+        self.assertEqual(names["model"], model)
+        prefixes = {name.split(".")[0] for name in names["checkpoint"] - model}
+        self.assertEqual(prefixes, {"best", "rest", "optimizer"})
+
 
 if __name__ == "__main__":
     unittest.main()

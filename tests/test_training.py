@@ -45,6 +45,17 @@ class LessonTests(unittest.TestCase):
         tool, _ = train_run(200, epochs=2, engine="lists", hidden=(32,), seed=3)
         self.assertEqual(weights(lesson), weights(tool))
 
+    def test_the_small_set_rate_gives_over_86_percent_whatever_the_seed_at_5_epochs(self):
+        """train_until_mastery on 1,000 images, all 10,000 test images. Measured
+        (lists engine, seeds 1-3): 87.5-88.0% at 3 epochs, 87.9-89.2% at 5,
+        89.3-89.6% at 10; at the previous rate, 0.05, 78.4% for seed 1 at 5. Here
+        5 epochs on the packed engine, whose steps are the same to ~1e-8."""
+        train, test = mnist()
+        for seed in (1, 2, 3):
+            net = m.make_engine(m.NeuralNetwork(seed=seed), "packed")
+            m.train_until_mastery(net, train[:1000], epochs=5, seed=seed)
+            self.assertGreaterEqual(m.test(net, test), 0.86, seed)
+
     def test_the_learning_rate_is_chosen_from_the_data_size_when_not_given(self):
         train, _ = mnist()
         chosen = m.train_until_mastery(m.NeuralNetwork([784, 16, 10], seed=2), train[:100],
