@@ -86,8 +86,10 @@ LESSON_NAMES = ("dot", "matmul", "relu", "softmax", "log", "exp", "NeuralNetwork
 class LessonTests(unittest.TestCase):
     """Part I is the lesson: short, nothing of the tool in it, and it runs alone."""
 
-    def test_part_one_is_about_600_lines_at_most(self):
-        self.assertLessEqual(len(lesson_source().splitlines()), 660)
+    def test_part_one_is_under_700_lines(self):
+        # ~620 lines of lesson and a 60-line docstring: the map, the notation
+        # and the words a first-time reader asked to have explained up front.
+        self.assertLessEqual(len(lesson_source().splitlines()), 680)
 
     def test_part_one_defines_the_original_projects_names(self):
         tree = ast.parse(lesson_source())
