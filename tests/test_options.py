@@ -403,12 +403,12 @@ class DropoutTests(unittest.TestCase):
 
 
 class LearningTests(unittest.TestCase):
-    """Every option trains 2,000 images for 2 epochs to more than 80% on the
-    full test set. (Measured on PyPy, seed 1: batches 82%, momentum 86%, Adam
-    85%, weight decay 85%, dropout 85%; shift 80.3%, affine 81.7%, elastic
-    82.5%, thickness 86.6%.) The options that need the lists engine use 64
-    hidden units, which halves their time on CPython. Resting sure images,
-    a speed trick, is off: it is measured on its own (test_training)."""
+    """Every option, at its own defaults (batch and rate chosen by section
+    10's rule), trains 2,000 images for 2 epochs to more than 80% on the full
+    test set. (Measured on PyPy, seed 1: batches of 16 86.6%; momentum 84.8%,
+    Adam 87.4%, weight decay 86.5%, in their batches of 16; dropout 85.5%;
+    shift 80.3%, affine 81.7%, elastic 82.5%, thickness 86.6%.) Resting sure
+    images, a speed trick, is off: it is measured on its own (test_training)."""
 
     def check(self, **fields):
         train, test = mnist()
@@ -417,23 +417,22 @@ class LearningTests(unittest.TestCase):
         settings.choose_defaults(2000)
         engine = m.make_engine(m.NeuralNetwork(settings.sizes(), 1), settings.engine_name())
         engine = m.fit(engine, train[:2000], None, settings, m.TrainingState(), m.StopFlag())
-        fast = m.make_engine(m.as_network(engine), "auto")      # to test it sooner
-        self.assertGreater(m.test(fast, test), 0.80, fields)
+        self.assertGreater(m.test(engine, test), 0.80, fields)
 
     def test_mini_batches(self):
-        self.check(batch_size=16, learning_rate=0.2)
+        self.check(batch_size=16)
 
     def test_momentum(self):
-        self.check(batch_size=16, momentum=0.9, learning_rate=0.02, hidden=(64,))
+        self.check(momentum=0.9)
 
     def test_adam(self):
-        self.check(batch_size=16, optimizer="adam", hidden=(64,))
+        self.check(optimizer="adam")
 
     def test_weight_decay(self):
-        self.check(batch_size=16, weight_decay=1e-4, learning_rate=0.2, hidden=(64,))
+        self.check(weight_decay=1e-4)
 
     def test_dropout(self):
-        self.check(dropout=0.2, hidden=(64,))
+        self.check(dropout=0.2)
 
     def test_each_distortion_at_the_rate_the_tool_chooses_for_it(self):
         for name in m.DISTORTIONS:
