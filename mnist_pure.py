@@ -6179,24 +6179,25 @@ NO_BETTER = 2.0 / N_DIGITS     # under 20% right: no better than guessing, near 
 # fresh network's first few hundred answers are guesses, however well it learns)
 
 
-def rate_advice(settings, too_large):
-    """'the learning rate 5 is too large ...; try --lr 0.02': the rate the
-    recipe would choose, or a third of this one if it is that already."""
+def rate_advice(settings):
+    """What to try when a run did not learn: 'the learning rate 5 is too large:
+    try --lr 0.02'. The rate the recipe would choose, or if it is that already,
+    a third of it (a rate too large is by far the usual cause)."""
     rate, default = settings.learning_rate, settings.default_rate
-    if too_large or rate == default:
-        better = default if rate > default else rate / 3
-        return ("the learning rate %g is too large for it (the weights blew up, or every "
-                "hidden unit fell silent): try --lr %.3g" % (rate, better))
-    return "the learning rate %g may be too small: try --lr %.3g" % (rate, default)
+    if rate < default:
+        return "the learning rate %g may be too small: try --lr %.3g" % (rate, default)
+    return "the learning rate %g is too large: try --lr %.3g" % (
+        rate, default if rate > default else rate / 3)
 
 
 def warn_or_stop(settings, console, problem):
-    """A run that cannot learn says so: a rate above the recipe's (the usual
-    cause, and a network that has stopped learning for good) stops the run;
-    otherwise it is a warning, and training goes on."""
+    """A run that cannot learn says so. Above the recipe's rate (the usual
+    cause: the weights blew up, or every hidden unit fell silent, and the
+    network will not learn again) the run stops; otherwise it is a warning,
+    and training goes on."""
     if settings.learning_rate > settings.default_rate:
-        raise MnistError("%s; %s" % (problem, rate_advice(settings, too_large=True)))
-    console.note("warning: %s; %s" % (problem, rate_advice(settings, too_large=False)))
+        raise MnistError("%s; %s" % (problem, rate_advice(settings)))
+    console.note("warning: %s; %s" % (problem, rate_advice(settings)))
 
 
 def report_results(settings, console, engine, test_set, state, workers=None):
@@ -6226,7 +6227,7 @@ def report_results(settings, console, engine, test_set, state, workers=None):
                                            test_seconds)))
     elif evaluation.accuracy < NO_BETTER and evaluation.total >= 100 and history:
         console.note("warning: this network reads no better than guessing; %s"
-                     % rate_advice(settings, settings.learning_rate > settings.default_rate))
+                     % rate_advice(settings))
     else:
         for line in next_steps(settings):
             console.note(line)
@@ -6277,7 +6278,7 @@ def train_and_report(settings, console, engine, datasets, state, workers):
     except Diverged as e:
         if bar:
             bar.end_line()
-        raise MnistError("%s; %s" % (e, rate_advice(settings, too_large=True)))
+        raise MnistError("%s; %s" % (e, rate_advice(settings)))
     if bar:
         bar.finish()
     if stop.requested:

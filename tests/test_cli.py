@@ -641,5 +641,47 @@ class GoingOnTests(TemporaryFolder):
         self.assertNotIn("a batch of", run.err)
 
 
+class CannotLearnTests(unittest.TestCase):
+    """A run that cannot learn says so, in one line naming the rate and one to
+    try, and never suggests keeping the model."""
+
+    def test_too_large_a_rate_stops_the_run_naming_it_and_the_default(self):
+        for engine in ("packed", "lists"):           # weights past +-32 / an epoch at chance
+            run = run_main("--max-train", "2000", "--max-test", "100", "--epochs", "2",
+                           "--lr", "5", "--engine", engine, "--quiet", "--show", "0")
+            self.assertEqual(run.code, 1, engine)
+            assert_one_line_error(self, run.err, "learning rate 5 is too large",
+                                  "try --lr 0.02")
+            self.assertNotIn("--save", run.err + run.out)
+
+    def test_too_small_a_rate_warns_and_does_not_suggest_keeping_the_model(self):
+        run = run_main("--max-train", "2000", "--max-test", "300", "--epochs", "2",
+                       "--lr", "1e-6", "--quiet", "--show", "0")
+        self.assertEqual(run.code, 0)
+        self.assertIn("warning: epoch 1 learned nothing", run.err)
+        self.assertIn("the learning rate 1e-06 may be too small: try --lr 0.02", run.err)
+        self.assertIn("warning: this network reads no better than guessing", run.err)
+        self.assertNotIn("--save", run.err)
+
+    def test_each_option_at_its_defaults_chooses_the_rule_s_batch_and_rate(self):
+        cases = [((), 1, 0.03), (("--momentum", "0.9"), 32, 0.017),
+                 (("--momentum", "0.9", "--nesterov"), 32, 0.017),
+                 (("--optimizer", "adam"), 32, 0.001), (("--batch-size", "64"), 64, 0.24),
+                 (("--batch-size", "16", "--momentum", "0.5"), 16, 0.06),
+                 (("--weight-decay", "1e-4"), 32, 0.17), (("--dropout", "0.2"), 1, 0.03),
+                 (("--momentum", "0.9", "--lr", "0.5"), 32, 0.5),
+                 (("--optimizer", "adam", "--batch-size", "4", "--lr", "0.01"), 4, 0.01)]
+        for options, batch, rate in cases:
+            parser = m.build_parser()
+            settings = m.settings_from_args(parser, parser.parse_args(list(options)), {})
+            settings.augment = ""
+            settings.choose_defaults(13000)       # plain rate 0.03; x sqrt(32) x 0.1 = 0.0170
+            self.assertEqual((settings.batch_size, settings.learning_rate), (batch, rate),
+                             options)
+        small = m.Settings(momentum=0.9, augment="")
+        small.choose_defaults(1000)                     # 125 steps an epoch
+        self.assertEqual(small.batch_size, 8)
+
+
 if __name__ == "__main__":
     unittest.main()
