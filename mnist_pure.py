@@ -5955,6 +5955,25 @@ def starting_point(settings, given, console):
                 console.note("note: resuming with %s instead of the saved %s" % (now, saved))
             else:
                 console.note("note: resuming with %s, which the saved run did not have" % now)
+    for field in ("momentum", "nesterov", "weight_decay"):
+        if getattr(settings, field) and field not in OPTIMIZERS[settings.optimizer].uses:
+            console.note("note: the saved run's %s does not apply to --optimizer %s; left out"
+                         % (" ".join(option_words(field, getattr(settings, field))),
+                            settings.optimizer))
+            setattr(settings, field, getattr(Settings(), field))
+    if any(field in given and getattr(settings, field) != recipe.get(field)
+           for field in ("optimizer", "momentum", "nesterov", "weight_decay")):
+        state.optimizer = None                    # another optimizer: its state starts afresh
+    if "learning_rate" not in given and any(
+            field in given and getattr(settings, field) != recipe.get(field)
+            for field in ("optimizer", "momentum", "batch_size")):
+        settings.learning_rate = None             # the saved rate was for other steps
+        console.note("note: the learning rate is chosen afresh for these settings (the "
+                     "saved %s was for the saved ones)" % " ".join(option_words(
+                         "learning_rate", recipe["learning_rate"])))
+    if state.optimizer is None and settings.options().use_optimizer():
+        console.note("note: the optimizer's state starts afresh (%s holds none for these "
+                     "settings; a checkpoint of the same run would)" % settings.resume)
     return network, state
 
 

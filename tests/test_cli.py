@@ -641,6 +641,32 @@ class GoingOnTests(TemporaryFolder):
         self.assertNotIn("a batch of", run.err)
 
 
+class ResumeWithAnotherOptimizerTests(TemporaryFolder):
+    def train(self, *options):
+        run = run_main("--max-train", "500", "--max-test", "100", "--epochs", "1", "--quiet",
+                       "--show", "0", "--momentum", "0.9", *options)
+        self.assertEqual(run.code, 0, run.err)
+
+    def test_a_model_file_resumes_with_the_optimizer_started_afresh_and_says_so(self):
+        model = os.path.join(self.folder, "m.safetensors")
+        self.train("--save", model)
+        run = run_main("--resume", model, "--epochs", "2", "--quiet", "--show", "0")
+        self.assertEqual(run.code, 0, run.err)
+        self.assertIn("note: the optimizer's state starts afresh", run.err)
+
+    def test_another_optimizer_takes_its_own_rate_and_drops_what_it_does_not_use(self):
+        checkpoint = os.path.join(self.folder, "c.safetensors")
+        self.train("--checkpoint", checkpoint)
+        run = run_main("--resume", checkpoint, "--epochs", "2", "--optimizer", "adam",
+                       "--quiet", "--show", "0", "--json")
+        self.assertEqual(run.code, 0, run.err)
+        self.assertIn("--momentum 0.9 does not apply to --optimizer adam", run.err)
+        self.assertIn("the learning rate is chosen afresh", run.err)
+        summary = json.loads(run.out.strip().splitlines()[-1])
+        self.assertEqual((summary["optimizer"], summary["momentum"], summary["learning_rate"]),
+                         ("adam", 0.0, 0.001))
+
+
 class CannotLearnTests(unittest.TestCase):
     """A run that cannot learn says so, in one line naming the rate and one to
     try, and never suggests keeping the model."""
