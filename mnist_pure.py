@@ -34,7 +34,7 @@ Notation (one image at a time; shapes in brackets, for the default 784-128-10)
     p      [10]         p = softmax(z), p[k] = e**z[k] / sum_j e**z[j]: how sure
                         the network is of k (ten numbers 0..1 that add up to 1)
     y, loss             the true label 0..9, and loss = -ln p[y] (cross-entropy)
-    dX                  d(loss)/d(X), the gradient: the same shape as X (kept sparse)
+    dX                  d(loss)/d(X), the gradient: the same shape as X
 A deeper network, sizes [784, 256, 128, 10], repeats the hidden step:
 h1 = relu(x @ W1 + b1), h2 = relu(h1 @ W2 + b2), z = h2 @ W3 + b3. W is stored
 the way x @ W reads it, a row per input (PyTorch's files store W transposed).
@@ -201,7 +201,8 @@ def argmax(v):
 # softmax needs e**z and the loss needs ln p, written here so that nothing in
 # the arithmetic is a black box. Each reduces its argument to a small range
 # where a short series converges fast, then undoes the reduction exactly (by a
-# power of two). Both stay within 1 unit in the last place of math.exp and
+# power of two). A float carries 53 significant bits, so its relative precision
+# is 2**-53, "one unit in the last place": both stay within that of math.exp and
 # math.log (tests check it); math only takes floats apart (frexp: x = m * 2**e)
 # and puts them together (ldexp), without rounding.
 # ln 2 split in two, as Cody and Waite's classic exp does: LN2_HI has trailing
@@ -231,7 +232,7 @@ def exp(x):
     series = 1.0
     for n in range(13, 0, -1):
         series = 1.0 + series * r / n
-    return math.ldexp(series, k)       # series * 2**k, exact (rounds once if subnormal)
+    return math.ldexp(series, k)       # series * 2**k, exact (rounds below 2**-1022)
 
 
 def log(x):
@@ -298,7 +299,8 @@ def cross_entropy(p, label):
 # =============================================================================
 # 5. Data: MNIST's gzip IDX files
 # =============================================================================
-# IDX (big-endian): a 4-byte magic number, 0x0000 0803 for images (0x08:
+# IDX (numbers big-endian: high byte first): a 4-byte "magic number" that
+# says what the file holds, 0x0000 0803 for images (0x08:
 # unsigned bytes, 3 sizes follow: count, 28, 28) and 0x0000 0801 for labels
 # (1 size: count), each size 4 bytes, then the values, one byte each.
 
@@ -327,7 +329,7 @@ def read_idx(path, magic):
                          "(from %s)" % (path, os.path.dirname(path) or ".", MNIST_URL))
     except EOFError:                       # what gzip raises for a file cut short
         raise MnistError("%s: truncated gzip file (it ends early)" % path)
-    except (OSError, zlib.error) as e:     # not gzip at all, a bad CRC, junk after the end
+    except (OSError, zlib.error) as e:     # not gzip, a bad checksum, junk after the end
         raise MnistError("%s: not a readable gzip file (%s)" % (path, e))
     if len(values) != count:
         held = len(values) if len(values) <= MAX_IDX_BYTES else "more than 1 GiB"
@@ -404,11 +406,12 @@ def load_mnist(data_dir=DATA_DIR):
 # input is the gradient of its output times the line's own derivative.)
 #     dz   = p - onehot(y)                 [10]   softmax and loss together
 #     dW2  = outer(h1, dz),  db2 = dz             from z = h1 @ W2 + b2,
-#     dh1  = W2 @ dz                       [128]  ... the same line, with respect to h1
+#     dh1  = W2 @ dz                       [128]  the same line, with respect to h1:
+#                                                 dh1_j = sum_k W2[j][k] dz_k
 #     da1  = dh1 where a1 > 0, else 0      [128]  from h1 = relu(a1)
 #     dW1  = outer(x, da1),  db1 = da1            from a1 = x @ W1 + b1
 # A deeper network repeats the middle lines once per hidden layer. Then SGD
-# moves every parameter a small step downhill:  W -= learning_rate * dW.
+# moves every parameter (each W and b) a small step downhill:  W -= learning_rate * dW.
 #
 # A worked example to check by hand: sizes [3, 2, 2], pixels (255, 0, 51),
 # so x = (1, 0, 0.2), label y = 0,
@@ -476,9 +479,9 @@ def output_delta(p, label):
     """dz = d(loss)/dz = p - onehot(label), for p = softmax(z), loss = -ln p[label].
 
     loss = -z_y + ln(sum_j e**z_j), so d(loss)/d(z_k) = -[k == y] + e**z_k / sum_j e**z_j
-    = p_k - [k == y]: the probabilities minus the answer. 0 when the network is
-    sure and right; large for the digits it wrongly believes in, and for the
-    right one, if it doubts it."""
+    = p_k - [k == y] ([k == y]: 1 if k == y, else 0): the probabilities minus the
+    answer. 0 when the network is sure and right; large for the digits it
+    wrongly believes in, and for the right one, if it doubts it."""
     dz = list(p)
     dz[label] -= 1.0
     return dz
@@ -560,7 +563,8 @@ class NeuralNetwork:
 
     def learn(self, acts, label, learning_rate):
         """Backward pass and update, for an image whose forward pass gave acts.
-        (Every delta is worked out before any weight changes.)"""
+        (Every delta is worked out before any weight changes: backward needs the
+        weights the forward pass used.)"""
         self.update(acts, self.backward(acts, label), learning_rate)
 
     def predict(self, image):
@@ -576,24 +580,21 @@ class NeuralNetwork:
 # training images in a fresh random order, and after each image every weight
 # takes a small step against its gradient.
 #
-# Train until mastery: every image is forwarded every epoch, but one the network
-# has *mastered* -- it answers it right, with p[y] >= 0.99 -- gets no backward
-# pass and no update. Its gradient is nearly zero anyway (dz = p - onehot(y) has
-# sum |dz_k| = 2 (1 - p[y]) <= 0.02, against at least 1 for a mistake), and
+# Train until mastery: every image is forwarded every epoch, but a mastered one
+# gets no backward pass and no update. Its gradient is nearly zero anyway
+# (sum |dz_k| = 2 (1 - p[y]) <= 0.02, against at least 1 for a mistake), and
 # mastery is checked afresh at every visit, so an image the network forgets is
-# learned again. Measured on all 60,000 images: it does ~15% of the updates and
-# reaches 98% 1.6x sooner, at no cost in accuracy; skipping an image for good
-# after 3 right answers in a row (the original script's rule) starves the hard
-# ones: never 98%.
+# learned again. On all 60,000 images it does ~15% of the updates and reaches
+# 98% 1.6x sooner; skipping an image for good after 3 right answers in a row
+# (the original script's rule) starves the hard ones: never 98%.
 
 def default_learning_rate(n_train):
-    """0.03 for up to ~14,000 images, then falling as 1/sqrt(n) to 0.0144 at
-    60,000. A small set gets few steps per epoch, and a hot rate learns it
-    fastest, but too hot a one swings from run to run: on 1,000 images,
-    trained for 3, 5 or 10 epochs (seeds 1-3), 0.05 scored 78-90% and 0.03 a
-    steady 87.5-89.6%. A big set gets many steps, and each step also undoes a
-    little of what earlier images taught: on all 60,000, 0.05 ends 10 epochs at
-    ~96.4% where 0.0144 reaches ~98.2%."""
+    """0.03 up to ~14,000 images, then falling as 1/sqrt(n) to 0.0144 at 60,000.
+    A small set gets few steps an epoch, and a large rate learns it fastest,
+    but too large a one swings: on 1,000 images for 3, 5 or 10 epochs (seeds
+    1-3), 0.05 scored 78-90% and 0.03 87.5-89.6%. A big set gets many steps,
+    and each also undoes a little of what earlier images taught: on all 60,000,
+    0.05 ends 10 epochs at ~96.4% where 0.0144 reaches ~98.2%."""
     return min(0.03, 0.05 * math.sqrt(5000.0 / max(n_train, 1)))
 
 
@@ -931,12 +932,13 @@ DISTORTIONS = {"shift": shift, "affine": affine, "elastic": elastic, "thickness"
 # running means m of g and s of g**2 (beta1 = 0.9, beta2 = 0.999),
 #     m = beta1 m + (1 - beta1) g,        s = beta2 s + (1 - beta2) g**2
 #     W -= learning_rate * m' / (sqrt(s') + 1e-8)
-# where m' = m / (1 - beta1**t) and s' = s / (1 - beta2**t) undo the bias of
-# starting m and s at 0 (t counts the steps). Weight decay shrinks every weight
-# by the factor (1 - learning_rate * lambda) at every step, beside the step of
-# its gradient, so that weights nothing keeps large fade towards 0. For plain
-# SGD that is exactly L2 regularisation (lambda/2 |W|**2 added to the loss adds
-# lambda W to the gradient); with momentum and Adam it is the "decoupled" form
+# where m' = m / (1 - beta1**t) and s' = s / (1 - beta2**t) make up for m and
+# s starting at 0, too small in the first steps (t counts the steps). Weight
+# decay shrinks every weight (not the biases) by the factor
+# (1 - learning_rate * lambda) at every step, beside the step of its gradient,
+# so that weights nothing keeps large fade towards 0. For plain SGD that is
+# exactly L2 regularisation (lambda/2 |W|**2 added to the loss adds lambda W
+# to the gradient); with momentum and Adam it is the "decoupled" form
 # (Loshchilov and Hutter, 2019: SGDW and AdamW), which keeps the shrinking out
 # of the velocity and of Adam's running means.
 #
@@ -952,7 +954,7 @@ DISTORTIONS = {"shift": shift, "affine": affine, "elastic": elastic, "thickness"
 # by g = 1 / (1 - P) once per dropout layer above it gives the same result as
 # doing it at every step.
 #
-# One step size for every option. The lesson's rate was chosen for plain
+# Each option's own default step size. The lesson's rate was chosen for plain
 # per-sample SGD, where each image moves the weights by learning_rate * g. An
 # option that changes how far one image moves them needs its own default rate,
 # or the recipe no longer fits (measured: momentum 0.9 at the plain rate
@@ -961,7 +963,7 @@ DISTORTIONS = {"shift": shift, "affine": affine, "elastic": elastic, "thickness"
 #     1 + mu + mu**2 + ... = 1 / (1 - mu) times. Its default rate is the plain
 #     rate times (1 - mu), so that each image moves the weights as far in all.
 #   - a mean over B images gives each image 1/B of a step. Its default rate is
-#     the plain rate times BATCH_RATE(B) (batch_rate, below, says how it was measured).
+#     the plain rate times sqrt(B) (batch_rate, below, says how that was measured).
 #   - Adam divides each weight's step by the size of its own gradients, so the
 #     gradient's scale drops out: it keeps its own rate, 0.001 (Kingma and Ba's).
 # An explicit --lr is always obeyed.
@@ -1032,17 +1034,22 @@ def dropout_deltas(deltas, rate):
 # ~100,000 weights, where plain SGD touches the ~150 rows of the inked pixels.
 # But a row of W1 that no image touched for k steps had a zero gradient all
 # that while, and k steps with a zero gradient have a closed form (catch_up).
-# So a row is brought up to date only when an image reads it, in one go, and
-# every row at the end of each epoch (Trainer.settle). Each optimizer is one class:
+# So a row is brought up to date just before an image reads it (the forward
+# pass needs it as it is now), in one go, and every row at the end of each
+# epoch, before the rate changes (Trainer.settle). Only W1 is done so: its rows
+# are the pixels, most of them untouched by any one batch, where every row of
+# the later layers (a hidden unit's) and every bias is touched by nearly every
+# batch, and simply steps every time. Each optimizer is one class:
 #     state_names                    its state: a list per row of W, like the row
 #     needs_weights                  whether its steps read w (weight decay does)
 #     default_rate(plain, batch)     the rate of the rule above, for its options
-#     step(w, state, g, rate, t)     one step of a row w with gradient g: what to
-#                                    add to w, and the new state (t counts the
-#                                    steps, from 1)
-#     catch_up(w, state, k, rate, t) k more steps with g = 0 (steps t+1 .. t+k):
-#                                    what to add to w, and the new state
-# Both take lists (w is None unless needs_weights) and return new lists.
+#     step(w, state, g, rate, t)     step number t (from 1) of a row w with
+#                                    gradient g: what to add to w, and the new state
+#     catch_up(w, state, k, rate, t) for a row up to date with step t, the k
+#                                    steps t+1 .. t+k with g = 0: what to add to
+#                                    w, and the new state
+# Both take lists (w is None unless needs_weights) and return lists, which
+# may be the ones given: nothing changes them in place.
 
 def scaled(a, u):
     """a * u for a number a and a vector u."""
@@ -1113,7 +1120,7 @@ class Adam:
     def __init__(self, options):
         self.decay = options.weight_decay
         self.needs_weights = self.decay > 0
-        self.reach, self.reach_at = {}, None      # catch_up's sums, kept for one step
+        self.sums, self.sums_at = {}, None        # catch_up's sums for each k, kept a step
 
     def default_rate(self, plain_rate, batch):
         return 0.001
@@ -1130,29 +1137,32 @@ class Adam:
         return moved(1.0, change, -rate * self.decay, w), [m, s]
 
     def catch_up(self, w, state, k, rate, t):
-        """k steps with g = 0: m_j = beta1**j m and s_j = beta2**j s, so step j
-        moves w by rate (a_j m) / (b_j sqrt(s) + epsilon), with a_j = beta1**j / c1
-        and b_j = sqrt(beta2**j / c2), c1 = 1 - beta1**(t+j), c2 = 1 - beta2**(t+j);
-        that is rate (m / (sqrt(s) + epsilon / b_j)) r_j, with r_j = a_j / b_j the
-        same for every weight. r_j falls as (beta1 / sqrt(beta2))**j = 0.9**j,
-        while b_j changes slowly, so with epsilon / b_j taken as its mean e
-        (weighted as the steps are), k steps move w by
-            rate (m / (sqrt(s) + e)) sum_(j=1..k) keep**(k-j) r_j,
-        one number per row times one per weight. Exact where sqrt(s) is far
-        above epsilon = 1e-8 (everywhere but in the tiniest gradients; section
-        10's tests measure the rest)."""
+        """k steps with g = 0, in one go: one number per row, and one per weight.
+        The key: each step's epsilon is taken at its mean over the k steps.
+        With g = 0, m_j = beta1**j m and s_j = beta2**j s, so step j moves w by
+            -rate (a_j m) / (b_j sqrt(s) + epsilon) = -rate r_j m / (sqrt(s) + epsilon / b_j)
+        with a_j = beta1**j / c1, b_j = sqrt(beta2**j / c2), r_j = a_j / b_j, and
+        c1 = 1 - beta1**(t+j), c2 = 1 - beta2**(t+j): r_j is the same for every
+        weight, and falls about as (beta1 / sqrt(beta2))**j ~ 0.9**j. With
+        epsilon / b_j taken as its mean e (weighted by r_j), the k steps, with
+        decay's keep, make
+            w_k = keep**k w - rate (m / (sqrt(s) + e)) sum_(j=1..k) keep**(k-j) r_j.
+        Exact where sqrt(s) is far above epsilon = 1e-8: everywhere but in the
+        tiniest gradients, and there within a few per cent once b_j changes
+        slowly, after the first few hundred steps (section 10's tests measure
+        it). The sums are kept for rows caught up to the same step."""
         b1, b2 = ADAM_BETA1, ADAM_BETA2
         keep = 1.0 - rate * self.decay
-        if self.reach_at != (t + k, keep):        # rows caught up to the same step
-            self.reach, self.reach_at = {}, (t + k, keep)     # share it when k is equal
-        if k not in self.reach:
+        if self.sums_at != (t + k, keep):         # rows caught up to the same step
+            self.sums, self.sums_at = {}, (t + k, keep)       # share them when k is equal
+        if k not in self.sums:
             total = weighted = 0.0
             for j in range(1, min(k, ADAM_HORIZON) + 1):
                 b = (b2 ** j / (1.0 - b2 ** (t + j))) ** 0.5
                 r = keep ** (k - j) * b1 ** j / (1.0 - b1 ** (t + j)) / b
                 total, weighted = total + r, weighted + r * ADAM_EPSILON / b
-            self.reach[k] = (total, weighted / total)
-        total, floor = self.reach[k]
+            self.sums[k] = (total, weighted / total)
+        total, floor = self.sums[k]
         m, s, sqrt = state[0], state[1], math.sqrt
         step = [a / (sqrt(b) + floor) for a, b in zip(m, s)]
         return (moved(-rate * total, step, keep ** k - 1.0, w),
@@ -1186,8 +1196,9 @@ class Options:
 # the 0.99 of mastery that it very rarely falls below it by the next epoch
 # (measured: fewer than 1% do), so it rests: in the next REST_EPOCHS epochs the
 # Trainer does not run its forward pass and answers with what it answered last
-# (p[y] as then, the rest shared out), which mastery skips as before. It is
-# looked at again after that, so an image that slips is learned again.
+# (p[y] as then, the rest shared out), which mastery skips as before (so
+# resting goes with mastery on: Settings.options). It is looked at again
+# after that, so an image that slips is learned again.
 # Measured on all 60,000 images, seeds 1-3, 10 epochs: 98.25% resting one
 # epoch, 98.17% resting two, 98.22% never resting (the same within the seeds'
 # spread), so it rests one. Skipping mastered images *outright*, forever,
@@ -1276,14 +1287,17 @@ def rows_of(values, n_in):
 
 
 class Trainer:
-    """A network trained with Options: the forward and learn of epoch_steps.
-
-    start(epoch, position, learning_rate) before a run of epoch_steps, finish()
-    after it (it applies the last, partial batch), and settle() at the end of an
-    epoch (it brings every row up to date). Resting sure images needs the data
-    trained on (its labels) and a Resting table. This class drives Part I's
-    network ('lists' engine); section 11's PackedTrainer gives the five ways it
-    reaches into the network (inked ... first_gradients) for the packed one."""
+    """A network trained with Options: it stands in for the model in the
+    lesson's epoch_steps, offering the same forward and learn. An epoch:
+        trainer.start(epoch, 0, learning_rate_at(recipe, epoch))
+        for _ in epoch_steps(trainer, data, recipe, epoch):
+            pass
+        trainer.finish()          # the last, partial batch (a batch ends at
+        trainer.settle()          # the next forward); every row up to date
+    Resting sure images needs the data trained on (its labels) and a Resting
+    table. This class drives Part I's network ('lists' engine); section 11's
+    PackedTrainer gives the ways it reaches into the network (inked ...
+    network_copy, below) for the packed one."""
 
     def __init__(self, model, options, seed, data=None, resting=None):
         self.model, self.options, self.seed = model, options, seed
@@ -1296,6 +1310,9 @@ class Trainer:
         self.optimizer = OPTIMIZERS[options.optimizer](options) if options.use_optimizer() else None
         if self.optimizer is not None:
             self.state = OptimizerState(model.sizes, self.optimizer.state_names)
+            # biases are not decayed (as is usual: a bias scales no input)
+            self.bias_optimizer = OPTIMIZERS[options.optimizer](
+                dataclasses.replace(options, weight_decay=0.0))
 
     # The network's own ways, for Part I's NeuralNetwork (section 11 has the packed ones).
     def inked(self, image):
@@ -1325,7 +1342,7 @@ class Trainer:
         sums = summed_gradients(pending, 0, self.model.sizes[0], self.model.sizes[1])
         return {i: scaled(scale, row) for i, row in sums.items()}
 
-    def start(self, epoch, position, learning_rate=0.0):
+    def start(self, epoch, position, learning_rate):
         if self.resting is not None and (self.order is None or epoch != self.epoch):
             self.order = epoch_order(len(self.data), self.seed, epoch)   # as epoch_steps
         self.epoch, self.position, self.learning_rate = epoch, position, learning_rate
@@ -1370,7 +1387,8 @@ class Trainer:
         """Apply the batch so far: its small steps, or the optimizer's step, each
         divided by the number of images the batch visited."""
         batch, self.in_batch = self.in_batch, 0
-        if self.optimizer is not None and batch:     # (velocity moves on with no gradient)
+        if self.optimizer is not None and batch:     # (even a batch of mastered images:
+                                                     # a velocity moves on, decay shrinks)
             self.optimizer_step(batch)
         elif batch:
             for acts, deltas in self.pending:
@@ -1404,7 +1422,8 @@ class Trainer:
             for _, deltas in self.pending:
                 for j, d in zip(*deltas[l]):
                     g[j] += d
-            change, state.biases[l] = step(b, state.biases[l], scaled(1.0 / batch, g), rate, t)
+            change, state.biases[l] = self.bias_optimizer.step(b, state.biases[l],
+                                                               scaled(1.0 / batch, g), rate, t)
             b[:] = add(b, change)
 
     def bring_up_to_date(self, rows):

@@ -15,7 +15,7 @@ def trainer(sizes=(784, 16, 10), seed=1, **options):
 
 def run(trainer_, images, learning_rate=0.05, epoch=0):
     """Every image through the trainer's forward and learn (mastery off)."""
-    trainer_.start(epoch, 0)
+    trainer_.start(epoch, 0, learning_rate)
     for image, label in images:
         trainer_.learn(trainer_.forward(image), label, learning_rate)
     trainer_.finish()
@@ -159,6 +159,7 @@ def eager_training(sizes, seed, options, images, rate, batch):
     every layer steps with its mean gradient (0 where no image touched it)."""
     net = m.NeuralNetwork(list(sizes), seed=seed)
     optimizer = m.OPTIMIZERS[options.optimizer](options)
+    no_decay = m.OPTIMIZERS[options.optimizer](m.dataclasses.replace(options, weight_decay=0.0))
     names = optimizer.state_names
     rows = [[[[0.0] * len(row) for _ in names] for row in w] for w in net.weights]
     biases = [[[0.0] * len(b) for _ in names] for b in net.biases]
@@ -179,7 +180,7 @@ def eager_training(sizes, seed, options, images, rate, batch):
                 w[i] = m.add(w[i], change)
         for l, b in enumerate(net.biases):
             g = [v / len(chunk) for v in bias_sums[l]]
-            change, biases[l] = optimizer.step(b, biases[l], g, rate, t)
+            change, biases[l] = no_decay.step(b, biases[l], g, rate, t)     # biases: no decay
             b[:] = m.add(b, change)
     return net
 
@@ -398,7 +399,7 @@ class DropoutTests(unittest.TestCase):
         t = trainer([784, 32, 10], seed=3, dropout=0.5)
         image = train[0][0]
         self.assertEqual(t.model.predict(image), t.model.predict(image))
-        t.start(0, 0)
+        t.start(0, 0, 0.05)
         self.assertNotEqual(t.forward(image).p, t.model.forward(image).p)
 
 
