@@ -332,7 +332,7 @@ def read_idx(path, magic):
     except (OSError, zlib.error) as e:     # not gzip, a bad checksum, junk after the end
         raise MnistError("%s: not a readable gzip file (%s)" % (path, e))
     if len(values) != count:
-        held = len(values) if len(values) <= MAX_IDX_BYTES else "more than 1 GiB"
+        held = len(values) if len(values) < count else "more"     # (it read one more)
         raise MnistError("%s: the header promises %s values, the file holds %s"
                          % (path, " x ".join(map(str, sizes)), held))
     return sizes, values
