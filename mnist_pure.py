@@ -3541,6 +3541,8 @@ def read_image(path):
 WORK_PIXELS = 300000        # the prepared copy's size limit (e.g. 666x444 for 6000x4000)
 GRID_CELLS = 64             # the paper is estimated on a grid this many cells across the short side
 PAPER_REACH = 0.2           # ... filling dark marks up to 2 x 0.2 = 40% of the short side wide
+PAPER_CUP = 8.0             # ... and a cup, 8 (d / short side)^2 higher in log light d from its
+                            # bottom: a stroke 10% of the short side wide is filled to within 2%
 FLAT_LEVEL = 0.08           # paper within 8% of the border's level on ...
 FLAT_SHARE = 0.9            # ... 90% of the grid is flat: one paper level for the whole image
 DIM_PAPER = 0.5             # paper darker than half the typical paper is not paper
@@ -3638,11 +3640,64 @@ def closing(grid, reach):
     """Morphological closing: the largest level in every (2 reach + 1)-square
     window, then the smallest of those maxima over every window again. A
     dark mark narrower than the window is filled with the level around it;
-    wider dark areas and gradual change are kept as they are: for dark ink,
-    what is left is the paper. The edges are extended by repeating them, so
+    wider dark areas, sharp edges and straight slopes are kept as they are:
+    for dark ink, what is left is the paper. But a dip of the light is a dark
+    valley too, and the window fills it like a mark: a dip of the light no
+    wider than the window is raised to the light around it (cup_closing
+    follows it). The edges are extended by repeating them, so
     that light falling off towards an edge is followed, and a dark band along
     an edge (a table beyond the page) counts as wide: as paper, not ink."""
     return filter_2d(filter_2d(grid, reach, max, 2 * reach), reach, min, 0)
+
+
+def lowest_cups(values, bend):
+    """[min over j of values[j] + bend * (i - j)**2, for each i]: the floor of
+    the cups (parabolas) of curvature 2 bend hung at every point, in one pass
+    (Felzenszwalb and Huttenlocher's lower envelope). It keeps the cups that
+    are lowest somewhere, left to right, and where each starts to be: the
+    cups hung at v < q cross at s = (values[q] + bend q^2 - values[v] -
+    bend v^2) / (2 bend (q - v)), and a new cup hides the last one kept if
+    they cross before that one starts."""
+    centres, starts = [0], [-math.inf]
+    for q in range(1, len(values)):
+        lifted = values[q] + bend * q * q
+        while True:
+            v = centres[-1]
+            s = (lifted - values[v] - bend * v * v) / (2 * bend * (q - v))
+            if s > starts[-1]:
+                break
+            centres.pop()
+            starts.pop()
+        centres.append(q)
+        starts.append(s)
+    out, j = [], 0
+    for i in range(len(values)):
+        while j + 1 < len(starts) and starts[j + 1] < i:
+            j += 1
+        out.append(values[centres[j]] + bend * (i - centres[j]) ** 2)
+    return out
+
+
+def cup_closing(grid, bend):
+    """Closing with a cup instead of a flat window: a cup, bend (dx^2 + dy^2)
+    above its bottom, is hung over each cell and lowered until it touches the
+    levels (a dilation); the paper at each cell is the lowest of the cups
+    there (an erosion). A cup cannot reach down into a mark of width w
+    further than bend (w/2)^2 below the level around it, so a mark is filled
+    to within that; but it lies in any valley that curves less than it does,
+    so a gentle dip of the light is followed, however deep or wide. Like a
+    window, the cup is taken along rows then along columns (exactly, as
+    dx^2 + dy^2 splits): a dilation is -lowest_cups(-levels), an erosion
+    lowest_cups(levels)."""
+    def dilate(rows):
+        return [[-v for v in lowest_cups([-v for v in row], bend)] for row in rows]
+
+    def erode(rows):
+        return [lowest_cups(list(row), bend) for row in rows]
+
+    def both_ways(step, rows):
+        return [list(row) for row in zip(*step(zip(*step(rows))))]
+    return both_ways(erode, both_ways(dilate, grid))
 
 
 def interpolation(count, cell, cells):
@@ -3693,16 +3748,26 @@ def ink_is_dark(width, height, grey, cell):
 
 def paper_levels(width, height, grey):
     """The paper's level around every pixel, for dark ink (invert light ink
-    first): the closing of the grid of cell means, then the smallest level of
-    each cell and its 8 neighbours (so that the dark side of a sharp edge,
-    a shadow's or the page's, gets its own level and not its neighbour's),
-    interpolated to every pixel: a flat list. If that is within FLAT_LEVEL of
+    first): two closings of the grid of cell means, each of which fills the
+    ink, and the lower of the two in each cell: a flat window's, which keeps
+    sharp edges (a shadow's, the page's) but lifts a dip of the light, and
+    a cup's, which follows such a dip but rounds sharp edges off. The cup
+    works on the logarithm of the levels, so that a dip counts by the share
+    of the light it takes, in dim and bright parts alike. Then the smallest
+    level of each cell and its 8 neighbours (so that the dark side of a sharp
+    edge gets its own level and not its neighbour's), interpolated to every
+    pixel: a flat list. If that is within FLAT_LEVEL of
     the border's level nearly everywhere (a drawing, an even scan), the paper
     is that one level for all pixels: a number."""
     cell = max(1, min(width, height) // GRID_CELLS)
     grid = cell_means(width, height, grey, cell)
-    reach = max(1, round(PAPER_REACH * min(len(grid), len(grid[0]))))
-    paper = filter_2d(closing(grid, reach), 1, min, 1)
+    short = min(len(grid), len(grid[0]))
+    reach = max(1, round(PAPER_REACH * short))
+    cupped = cup_closing([[log(max(v, 1.0)) for v in row] for row in grid],
+                         PAPER_CUP / short ** 2)
+    paper = [[min(a, exp(b)) for a, b in zip(flat, cup)]
+             for flat, cup in zip(closing(grid, reach), cupped)]
+    paper = filter_2d(paper, 1, min, 1)
     level = border_level(width, height, grey)
     near = sum(abs(v - level) <= FLAT_LEVEL * max(level, 1) for row in paper for v in row)
     if near >= FLAT_SHARE * len(paper) * len(paper[0]):

@@ -108,6 +108,17 @@ def page_edge(width, level=215, table=45):
     return lambda x, y: table + (level - table) * (1 - smoothstep(edge - 2, edge + 2, x))
 
 
+def gradient_and_wave(width):
+    """Light from one side, slowly, with a gentle wave of light across it
+    (the paper of a page photographed under a lampshade's folds, say)."""
+    return lambda x, y: 200 - 90 * x / width + 25 * math.sin(y / 90)
+
+
+def sine_band():
+    """A gentle wave of light alone: bands of light and shade across the page."""
+    return lambda x, y: 200 + 25 * math.sin(y / 90)
+
+
 def everything(width, height):
     """Vignette, gradient and shadow at once."""
     v, g, s = vignette(width, height), gradient(width, 0.5, 1.0), shadow(width, 1.0)
@@ -145,7 +156,7 @@ def examples(test):
 
 
 def main(folder):
-    train, test = mnist_pure.load_mnist(os.path.join(os.path.dirname(HERE), "data"), lambda m: None)
+    train, test = mnist_pure.load_mnist(os.path.join(os.path.dirname(HERE), "data"))
     os.makedirs(folder, exist_ok=True)
     for name, (width, height, grey) in examples(test).items():
         path = os.path.join(folder, name + ".png")
