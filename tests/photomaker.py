@@ -61,14 +61,44 @@ def strokes_layer(width, height, strokes, radius):
     return ink
 
 
-def photo(width, height, ink, paper, noise=6.0, darkness=0.85, seed=1):
-    """Luminance bytes: paper(x, y) dimmed by the ink, plus Gaussian noise."""
+def blur(values, width, height, radius):
+    """The mean of each (2 radius + 1)-square around every value (cut short
+    at the edges), by running sums along rows, then along columns."""
+    out = list(values)
+    for count, lines in ((width, [range(y * width, (y + 1) * width) for y in range(height)]),
+                         (height, [range(x, width * height, width) for x in range(width)])):
+        for line in lines:
+            sums = [0.0]
+            for k in line:
+                sums.append(sums[-1] + out[k])
+            for i, k in enumerate(line):
+                low, high = max(0, i - radius), min(count, i + radius + 1)
+                out[k] = (sums[high] - sums[low]) / (high - low)
+    return out
+
+
+def blotchy_noise(width, height, deviation, radius, seed):
+    """Camera noise as it comes out of a camera: in blotches about 2 radius + 1
+    pixels wide (each pixel is made from its neighbours' sensors, then
+    compressed), Gaussian, of the given standard deviation."""
     rng = random.Random(seed)
+    noise = blur([rng.gauss(0, 1) for _ in range(width * height)], width, height, radius)
+    spread = math.sqrt(sum(v * v for v in noise) / len(noise))
+    return [v * deviation / spread for v in noise]
+
+
+def photo(width, height, ink, paper, noise=6.0, darkness=0.85, seed=1, blotch=0):
+    """Luminance bytes: paper(x, y) dimmed by the ink, plus Gaussian noise of
+    deviation `noise`, each pixel's own, or in blotches of radius `blotch`."""
+    rng = random.Random(seed)
+    blotches = blotchy_noise(width, height, noise, blotch, seed) if noise and blotch else None
     out = bytearray(width * height)
     for y in range(height):
         for x in range(width):
             value = paper(x, y) * (1 - darkness * ink[y * width + x])
-            if noise:
+            if blotches:
+                value += blotches[y * width + x]
+            elif noise:
                 value += rng.gauss(0, noise)
             out[y * width + x] = 0 if value < 0 else 255 if value > 255 else int(value + 0.5)
     return bytes(out)

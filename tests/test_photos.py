@@ -227,7 +227,51 @@ class WavyLightTests(unittest.TestCase):
         self.assertGreater(max(likeness(image, clean(0)), likeness(image, clean(1))), 0.85)
 
 
-class CupTests(unittest.TestCase):
+class NoiseTests(unittest.TestCase):
+    """A camera's noise: in blotches, and as strong on dim paper as on bright."""
+    WIDTH, HEIGHT = 400, 300
+
+    def assert_no_warning(self, light, digits, **noise):
+        for k, left in digits:
+            with self.subTest(digit=k):
+                ink = photomaker.ink_layer(self.WIDTH, self.HEIGHT, [(digit(k), left, 50, 190)])
+                grey = photomaker.photo(self.WIDTH, self.HEIGHT, ink, light, seed=k + 100, **noise)
+                image, notes = m.prepare_digit_with_notes(self.WIDTH, self.HEIGHT, grey)
+                self.assertEqual(notes, [])
+                self.assertGreater(likeness(image, clean(k)), 0.85)
+
+    def test_blotchy_camera_noise_in_a_shadow_is_not_ink(self):
+        # was "ignored 40 to 80 small marks away from the digit": neighbours
+        # share a blotch, so their differences showed half the noise
+        self.assert_no_warning(photomaker.shadow(self.WIDTH), ((1, 100), (3, 130)),
+                               noise=6, blotch=2)
+
+    def test_noise_in_a_deep_shadow_is_not_ink(self):
+        # was "ignored 1 small mark" on 9 of 10 such pages: the same noise is
+        # 2.5 times the contrast on paper at 40% of the light
+        self.assert_no_warning(photomaker.shadow(self.WIDTH, depth=0.6), ((1, 100), (3, 130)),
+                               noise=12)
+
+    def test_the_noise_is_found_in_grey_levels_in_blotches_on_dim_and_bright_paper(self):
+        width, height = self.WIDTH, self.HEIGHT
+        blank = [0.0] * (width * height)
+        for light in (photomaker.even(215), photomaker.gradient(width, 60, 230)):
+            grey = photomaker.photo(width, height, blank, light, noise=6, blotch=2)
+            paper = m.paper_levels(width, height, grey)
+            lit = m.paper_light(paper)
+            noise = m.noise_of(m.contrast_of(grey, paper, lit), lit, width,
+                               min(width, height) // m.GRID_CELLS)
+            self.assertLess(abs(noise - 6), 1.0)
+
+
+class PaperTests(unittest.TestCase):
+    def test_mnist_drawings_are_prepared_on_one_level_of_paper(self):
+        # as before cups: a cup fills the thickest ink of a 28x28 MNIST digit
+        # less well, and the paper found under it would change the digit
+        for k in range(200):
+            dark_on_light = digit(k).translate(m.NEGATIVE)
+            self.assertEqual(m.paper_levels(28, 28, dark_on_light), 255, k)
+
     def test_the_floor_of_the_cups_is_the_lowest_cup_at_every_point(self):
         rng = random.Random(12)
         for n in (1, 2, 3, 10, 40):
