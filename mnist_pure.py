@@ -4022,8 +4022,12 @@ def read_image(path):
 WORK_PIXELS = 300000        # the prepared copy's size limit (e.g. 666x444 for 6000x4000)
 GRID_CELLS = 64             # the paper is estimated on a grid this many cells across the short side
 PAPER_REACH = 0.2           # ... filling dark marks up to 2 x 0.2 = 40% of the short side wide
+PAPER_CUP = 8.0             # ... and a cup, 8 (d / short side)^2 higher in log light d from its
+                            # bottom: a stroke 10% of the short side wide is filled to within 2%
 FLAT_LEVEL = 0.08           # paper within 8% of the border's level on ...
 FLAT_SHARE = 0.9            # ... 90% of the grid is flat: one paper level for the whole image
+FLAT_CUP = 2.0              # (judged with a gentler cup, 2 (d / short side)^2, which fills
+                            # even the thickest ink of MNIST's digits)
 DIM_PAPER = 0.5             # paper darker than half the typical paper is not paper
 NOISE_FLOOR = 3.0           # ink below 3 standard deviations of the paper's noise is paper
 MARK_LEVEL = 40 / 255       # a mark is ink reaching 16% of the darkest ink's contrast ...
@@ -4119,11 +4123,64 @@ def closing(grid, reach):
     """Morphological closing: the largest level in every (2 reach + 1)-square
     window, then the smallest of those maxima over every window again. A
     dark mark narrower than the window is filled with the level around it;
-    wider dark areas and gradual change are kept as they are: for dark ink,
-    what is left is the paper. The edges are extended by repeating them, so
+    wider dark areas, sharp edges and straight slopes are kept as they are:
+    for dark ink, what is left is the paper. But a dip of the light is a dark
+    valley too, and the window fills it like a mark: a dip of the light no
+    wider than the window is raised to the light around it (cup_closing
+    follows it). The edges are extended by repeating them, so
     that light falling off towards an edge is followed, and a dark band along
     an edge (a table beyond the page) counts as wide: as paper, not ink."""
     return filter_2d(filter_2d(grid, reach, max, 2 * reach), reach, min, 0)
+
+
+def lowest_cups(values, bend):
+    """[min over j of values[j] + bend * (i - j)**2, for each i]: the floor of
+    the cups (parabolas) of curvature 2 bend hung at every point, in one pass
+    (Felzenszwalb and Huttenlocher's lower envelope). It keeps the cups that
+    are lowest somewhere, left to right, and where each starts to be: the
+    cups hung at v < q cross at s = (values[q] + bend q^2 - values[v] -
+    bend v^2) / (2 bend (q - v)), and a new cup hides the last one kept if
+    they cross before that one starts."""
+    centres, starts = [0], [-math.inf]
+    for q in range(1, len(values)):
+        lifted = values[q] + bend * q * q
+        while True:
+            v = centres[-1]
+            s = (lifted - values[v] - bend * v * v) / (2 * bend * (q - v))
+            if s > starts[-1]:
+                break
+            centres.pop()
+            starts.pop()
+        centres.append(q)
+        starts.append(s)
+    out, j = [], 0
+    for i in range(len(values)):
+        while j + 1 < len(starts) and starts[j + 1] < i:
+            j += 1
+        out.append(values[centres[j]] + bend * (i - centres[j]) ** 2)
+    return out
+
+
+def cup_closing(grid, bend):
+    """Closing with a cup instead of a flat window: a cup, bend (dx^2 + dy^2)
+    above its bottom, is hung over each cell and lowered until it touches the
+    levels (a dilation); the paper at each cell is the lowest of the cups
+    there (an erosion). A cup cannot reach down into a mark of width w
+    further than bend (w/2)^2 below the level around it, so a mark is filled
+    to within that; but it lies in any valley that curves less than it does,
+    so a gentle dip of the light is followed, however deep or wide. Like a
+    window, the cup is taken along rows then along columns (exactly, as
+    dx^2 + dy^2 splits): a dilation is -lowest_cups(-levels), an erosion
+    lowest_cups(levels)."""
+    def dilate(rows):
+        return [[-v for v in lowest_cups([-v for v in row], bend)] for row in rows]
+
+    def erode(rows):
+        return [lowest_cups(list(row), bend) for row in rows]
+
+    def both_ways(step, rows):
+        return [list(row) for row in zip(*step(zip(*step(rows))))]
+    return both_ways(erode, both_ways(dilate, grid))
 
 
 def interpolation(count, cell, cells):
@@ -4172,47 +4229,83 @@ def ink_is_dark(width, height, grey, cell):
     return 2 * dark >= light
 
 
+def window_or_cup(window, logs, bend):
+    """In each cell, the lower of a flat window's closing and the closing of
+    the logarithm of the levels by a cup of the given bend."""
+    return [[min(a, exp(b)) for a, b in zip(flat, cup)]
+            for flat, cup in zip(window, cup_closing(logs, bend))]
+
+
 def paper_levels(width, height, grey):
     """The paper's level around every pixel, for dark ink (invert light ink
-    first): the closing of the grid of cell means, then the smallest level of
-    each cell and its 8 neighbours (so that the dark side of a sharp edge,
-    a shadow's or the page's, gets its own level and not its neighbour's),
-    interpolated to every pixel: a flat list. If that is within FLAT_LEVEL of
-    the border's level nearly everywhere (a drawing, an even scan), the paper
-    is that one level for all pixels: a number."""
+    first): two closings of the grid of cell means, each of which fills the
+    ink, and the lower of the two in each cell: a flat window's, which keeps
+    sharp edges (a shadow's, the page's) but lifts a dip of the light, and
+    a cup's, which follows such a dip but rounds sharp edges off. The cup
+    works on the logarithm of the levels, so that a dip counts by the share
+    of the light it takes, in dim parts and bright alike. Then the smallest
+    level of each cell and its 8 neighbours (so that the dark side of a sharp
+    edge gets its own level and not its neighbour's), interpolated to every
+    pixel: a flat list. But if the paper is within FLAT_LEVEL of the border's
+    level nearly everywhere (a drawing, an even scan), it is that one level
+    for all pixels: a number. That is judged with a gentler cup, which fills
+    even a drawing's thickest ink, so that the drawings of MNIST itself are
+    prepared on one level of paper, and yet sees a wide dip of the light."""
     cell = max(1, min(width, height) // GRID_CELLS)
     grid = cell_means(width, height, grey, cell)
-    reach = max(1, round(PAPER_REACH * min(len(grid), len(grid[0]))))
-    paper = filter_2d(closing(grid, reach), 1, min, 1)
+    short = min(len(grid), len(grid[0]))
+    window = closing(grid, max(1, round(PAPER_REACH * short)))
+    logs = [[log(max(v, 1.0)) for v in row] for row in grid]
     level = border_level(width, height, grey)
-    near = sum(abs(v - level) <= FLAT_LEVEL * max(level, 1) for row in paper for v in row)
-    if near >= FLAT_SHARE * len(paper) * len(paper[0]):
+    near = sum(abs(v - level) <= FLAT_LEVEL * max(level, 1) for row in
+               filter_2d(window_or_cup(window, logs, FLAT_CUP / short ** 2), 1, min, 1)
+               for v in row)
+    if near >= FLAT_SHARE * len(grid) * len(grid[0]):
         return level
+    paper = filter_2d(window_or_cup(window, logs, PAPER_CUP / short ** 2), 1, min, 1)
     return upsample(paper, cell, width, height)
 
 
-def contrast_of(grey, paper):
-    """Ink as a fraction of the paper's light: (P - grey) / P, 0 on paper,
-    1 for black ink; negative where it is lighter than the paper. P counts
-    as at least DIM_PAPER of the typical paper: an area darker than that is
-    not lit paper but a table or a deep shadow, and dividing by its small
-    level would blow its noise up into ink."""
+def paper_light(paper):
+    """The paper's level P that contrast divides by, for each pixel (or one
+    number for all): at least DIM_PAPER of the typical paper, since an area
+    darker than that is not lit paper but a table or a deep shadow, and
+    dividing by its small level would blow its noise up into ink."""
     if not isinstance(paper, list):
-        scale = 1.0 / max(paper, 1)
-        return [(paper - g) * scale for g in grey]
+        return max(paper, 1)
     lowest = max(1.0, DIM_PAPER * median(paper[::max(1, len(paper) // 20000)]))
-    return [(p - g) / (p if p > lowest else lowest) for p, g in zip(paper, grey)]
+    return [p if p > lowest else lowest for p in paper]
 
 
-def noise_of(contrast):
-    """The paper's noise, as a standard deviation of contrast: from the
-    differences between neighbours, which are noise alone wherever the image
-    is even -- on paper and inside strokes alike, so ink, even lots of it,
-    does not count. For Gaussian noise of deviation s, the difference of two
-    pixels has deviation s * sqrt(2), and its median absolute value is 0.6745
-    of that."""
+def contrast_of(grey, paper, light):
+    """Ink as a fraction of the paper's light: (P - grey) / P, 0 on paper,
+    1 for black ink; negative where it is lighter than the paper (P below,
+    light as paper_light gives it)."""
+    if not isinstance(paper, list):
+        scale = 1.0 / light
+        return [(paper - g) * scale for g in grey]
+    return [(p - g) / q for p, g, q in zip(paper, grey, light)]
+
+
+def noise_of(contrast, light, width, lag):
+    """The camera's noise, as a standard deviation in grey levels: from the
+    differences between pixels `lag` apart along a row, which are noise
+    alone wherever the image is even -- on paper and inside strokes alike,
+    so ink, even lots of it, does not count. Not always neighbours: a
+    camera's noise comes in blotches (each pixel is made from its
+    neighbours' sensors, then compressed), which neighbours share. A lag of
+    one grid cell sees them, and in a small drawing, whose strokes are thin,
+    it is one pixel, so that few pairs straddle a stroke's edge. In grey
+    levels, P - grey = contrast x P, not in contrast: a photo's levels are
+    gamma-encoded, which makes the camera's noise about the same on dim
+    paper as on bright, so dim paper is noisier in contrast. For Gaussian
+    noise of deviation s, the difference of two pixels has deviation
+    s * sqrt(2), and its median absolute value is 0.6745 of that."""
     step = max(1, len(contrast) // 20000)
-    differences = [abs(contrast[k + 1] - contrast[k]) for k in range(0, len(contrast) - 1, step)]
+    lag = max(1, min(lag, width - 1))
+    lit = light if isinstance(light, list) else [light] * len(contrast)
+    differences = [abs(contrast[k + lag] * lit[k + lag] - contrast[k] * lit[k])
+                   for k in range(0, len(contrast) - lag, step) if k % width < width - lag]
     return median(differences) / (0.6745 * math.sqrt(2)) if differences else 0.0
 
 
@@ -4400,18 +4493,29 @@ def digit_ink(width, height, grey):
     """(ink 0..255 per pixel, inked: 1 where it is a mark, 0 elsewhere, and
     whether the paper is noisy) of a working copy, its paper taken out.
     Raises MnistError if ink covers most of the image."""
-    if not ink_is_dark(width, height, grey, max(1, min(width, height) // GRID_CELLS)):
+    cell = max(1, min(width, height) // GRID_CELLS)
+    if not ink_is_dark(width, height, grey, cell):
         grey = grey.translate(NEGATIVE)
-    contrast = contrast_of(grey, paper_levels(width, height, grey))
-    noise = noise_of(contrast)
-    floor = NOISE_FLOOR * noise
-    threshold = max(floor + MARK_LEVEL * (max(contrast) - floor), MARK_NOISE * noise, MARK_MINIMUM)
-    inked = bytearray(c >= threshold for c in contrast)
+    paper = paper_levels(width, height, grey)
+    light = paper_light(paper)
+    contrast = contrast_of(grey, paper, light)
+    noise = noise_of(contrast, light, width, cell)
+    # Where the paper is P, the noise is noise / P in contrast, and the floor
+    # NOISE_FLOOR such deviations. A mark's contrast c reaches MARK_MINIMUM,
+    # MARK_LEVEL of the way from the floor to the darkest ink (the peak), and
+    # MARK_NOISE deviations, which is MARK_NOISE / NOISE_FLOOR floors.
+    peak, above, per_floor = max(contrast), 1.0 - MARK_LEVEL, MARK_NOISE / NOISE_FLOOR
+    least = MARK_LEVEL * peak
+    floors = ([NOISE_FLOOR * noise / p for p in light] if isinstance(light, list) else
+              [NOISE_FLOOR * noise / light] * len(contrast))
+    inked = bytearray([c >= MARK_MINIMUM and c >= least + above * f and c >= per_floor * f
+                       for c, f in zip(contrast, floors)])
+    ink = [(c - f) * 255.0 if c > f else 0.0 for c, f in zip(contrast, floors)]
     share = inked.count(1) / len(inked)
     if share > TOO_FULL:
         raise MnistError("no digit found: ink covers %d%% of the image, so there is no paper "
                          "around a digit" % round(100 * share))
-    return [max(0.0, c - floor) * 255.0 for c in contrast], inked, noise > 0
+    return ink, inked, noise > 0
 
 
 def erase(ink, inked, width, height, columns, cell, cells):

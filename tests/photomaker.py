@@ -61,14 +61,44 @@ def strokes_layer(width, height, strokes, radius):
     return ink
 
 
-def photo(width, height, ink, paper, noise=6.0, darkness=0.85, seed=1):
-    """Luminance bytes: paper(x, y) dimmed by the ink, plus Gaussian noise."""
+def blur(values, width, height, radius):
+    """The mean of each (2 radius + 1)-square around every value (cut short
+    at the edges), by running sums along rows, then along columns."""
+    out = list(values)
+    for count, lines in ((width, [range(y * width, (y + 1) * width) for y in range(height)]),
+                         (height, [range(x, width * height, width) for x in range(width)])):
+        for line in lines:
+            sums = [0.0]
+            for k in line:
+                sums.append(sums[-1] + out[k])
+            for i, k in enumerate(line):
+                low, high = max(0, i - radius), min(count, i + radius + 1)
+                out[k] = (sums[high] - sums[low]) / (high - low)
+    return out
+
+
+def blotchy_noise(width, height, deviation, radius, seed):
+    """Camera noise as it comes out of a camera: in blotches about 2 radius + 1
+    pixels wide (each pixel is made from its neighbours' sensors, then
+    compressed), Gaussian, of the given standard deviation."""
     rng = random.Random(seed)
+    noise = blur([rng.gauss(0, 1) for _ in range(width * height)], width, height, radius)
+    spread = math.sqrt(sum(v * v for v in noise) / len(noise))
+    return [v * deviation / spread for v in noise]
+
+
+def photo(width, height, ink, paper, noise=6.0, darkness=0.85, seed=1, blotch=0):
+    """Luminance bytes: paper(x, y) dimmed by the ink, plus Gaussian noise of
+    deviation `noise`, each pixel's own, or in blotches of radius `blotch`."""
+    rng = random.Random(seed)
+    blotches = blotchy_noise(width, height, noise, blotch, seed) if noise and blotch else None
     out = bytearray(width * height)
     for y in range(height):
         for x in range(width):
             value = paper(x, y) * (1 - darkness * ink[y * width + x])
-            if noise:
+            if blotches:
+                value += blotches[y * width + x]
+            elif noise:
                 value += rng.gauss(0, noise)
             out[y * width + x] = 0 if value < 0 else 255 if value > 255 else int(value + 0.5)
     return bytes(out)
@@ -108,6 +138,17 @@ def page_edge(width, level=215, table=45):
     return lambda x, y: table + (level - table) * (1 - smoothstep(edge - 2, edge + 2, x))
 
 
+def gradient_and_wave(width):
+    """Light from one side, slowly, with a gentle wave of light across it
+    (the paper of a page photographed under a lampshade's folds, say)."""
+    return lambda x, y: 200 - 90 * x / width + 25 * math.sin(y / 90)
+
+
+def sine_band():
+    """A gentle wave of light alone: bands of light and shade across the page."""
+    return lambda x, y: 200 + 25 * math.sin(y / 90)
+
+
 def everything(width, height):
     """Vignette, gradient and shadow at once."""
     v, g, s = vignette(width, height), gradient(width, 0.5, 1.0), shadow(width, 1.0)
@@ -145,7 +186,7 @@ def examples(test):
 
 
 def main(folder):
-    train, test = mnist_pure.load_mnist(os.path.join(os.path.dirname(HERE), "data"), lambda m: None)
+    train, test = mnist_pure.load_mnist(os.path.join(os.path.dirname(HERE), "data"))
     os.makedirs(folder, exist_ok=True)
     for name, (width, height, grey) in examples(test).items():
         path = os.path.join(folder, name + ".png")
