@@ -4575,15 +4575,22 @@ def prepare_digit(width, height, luminance):
         return bytes(N_PIXELS)
 
 
-def read_digit(path):
-    """An image file, read and prepared as MNIST's digits were, and what the
+def read_digit(source):
+    """An image, read and prepared as MNIST's digits were, and what the
     preparation noticed: (784 bytes that net.predict reads, [warnings]).
-    MnistError if it cannot be read, or holds no digit to read."""
-    width, height, grey = read_image(path)
+    source is a file's path, or the file's content as bytes (an upload, a
+    download). MnistError if it cannot be read, or holds no digit to read."""
+    if isinstance(source, (bytes, bytearray)):
+        name, (width, height, grey) = "image", decode_image("image", bytes(source))
+    elif isinstance(source, (str, os.PathLike)):
+        name, (width, height, grey) = source, read_image(source)
+    else:
+        raise MnistError("read_digit takes a file's path or its bytes, not %s"
+                         % type(source).__name__)
     try:
         return prepare_digit_with_notes(width, height, grey)
     except MnistError as e:                 # no digit to read: say which image
-        raise MnistError("%s: %s" % (path, e))
+        raise MnistError("%s: %s" % (name, e))
 
 
 # =============================================================================

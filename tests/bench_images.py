@@ -97,7 +97,7 @@ def main():
     args = parser.parse_args()
     os.makedirs(args.folder, exist_ok=True)
     if args.make:
-        _, test = m.load_mnist(os.path.join(os.path.dirname(HERE), "data"), lambda message: None)
+        _, test = m.load_mnist(os.path.join(os.path.dirname(HERE), "data"))
         for size, (width, height) in SIZES.items():
             for mode in MODES:
                 path = os.path.join(args.folder, "%s_%s.png" % (size, mode))

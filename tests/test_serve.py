@@ -512,6 +512,12 @@ class HelperTests(unittest.TestCase):
         with open(path, "wb") as stream:
             stream.write(drawing_png(0))
         self.assertEqual(m.read_image(path), m.decode_image("upload", drawing_png(0)))
+        self.assertEqual(m.read_digit(drawing_png(0)), m.read_digit(path))   # (a path or bytes)
+        with self.assertRaises(m.MnistError) as caught:
+            m.read_digit(b"not an image")
+        self.assertIn("image: not an image", str(caught.exception))
+        with self.assertRaises(m.MnistError):
+            m.read_digit(12)
 
     def test_model_metadata_that_is_not_a_number_is_left_out(self):
         description = m.model_description(small_trained_network(),
