@@ -692,7 +692,7 @@ class CannotLearnTests(unittest.TestCase):
     def test_each_option_at_its_defaults_chooses_the_rule_s_batch_and_rate(self):
         cases = [((), 1, 0.03), (("--momentum", "0.9"), 32, 0.017),
                  (("--momentum", "0.9", "--nesterov"), 32, 0.017),
-                 (("--optimizer", "adam"), 32, 0.001), (("--batch-size", "64"), 64, 0.24),
+                 (("--optimizer", "adam"), 64, 0.001), (("--batch-size", "64"), 64, 0.24),
                  (("--batch-size", "16", "--momentum", "0.5"), 16, 0.06),
                  (("--weight-decay", "1e-4"), 32, 0.17), (("--dropout", "0.2"), 1, 0.03),
                  (("--momentum", "0.9", "--lr", "0.5"), 32, 0.5),
