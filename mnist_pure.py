@@ -1172,6 +1172,7 @@ import array
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.shared_memory
 import operator
 import signal
 import sys
@@ -1524,74 +1525,225 @@ def answers(engine, data, start=0, stop=None, progress=None):
     return guesses, confidences
 
 
-# Several processes: with --workers N, an epoch is shared out by local SGD with
-# periodic averaging. In each round, N processes (this one and N - 1 helpers,
-# one per core) start from the same weights; each trains, exactly as the
-# lesson does, on its own next ROUND_IMAGES images of the epoch's order; then
-# their N sets of weights are averaged, and the next round starts from the
-# average. Within a round each process does plain per-sample SGD; across
-# processes the average acts like one step of a large mini-batch. Measured
-# here: exchanging and averaging the weights (~800 KB each way) costs ~0.15 s
-# a round against 1.5-3 s of training, where exchanging messages at every
-# image (tried first) cost more than the second core gave.
-# What it does to the learning: each image's step counts 1/N in the average,
-# so N processes learn a little less per epoch than one; mastery then finds
-# fewer images mastered, and more get updates. Measured on all 60,000 images,
-# 10 epochs, seeds 1-3: 98.05% with 2 processes against 98.25% with one, and
-# 98% first reached at epochs 6, 7, 7 against 7, 6, 6. Adding the processes' changes
-# instead of averaging them (new = start + sum of changes) undoes the 1/N but
-# overshoots: 96.36% (seed 1); three quarters of the sum, 98.00%, reaching 98%
-# only in the last epoch; the mean, 97.95% and 98% at epoch 6.
-# The same N and seed repeat a run exactly; a run stopped at a round boundary
-# resumes with any N.
+# Several processes: with --workers N, N processes (this one and N - 1
+# helpers, one per core) share each epoch out in rounds. The plain loop, for
+# one process, is the lesson's:
+#     for each image of the epoch's order:  forward, and unless mastered, learn
+# A round, for N processes: they all start from the same weights W; each runs
+# that loop over its own consecutive share of the round's images (one image
+# after another, as the lesson does); then this process combines their
+# changes d_k = W_k - W (k = 1..N) into the next round's weights:
+#   - the first layer (W1 and b1) takes the SUM of the changes, W + d_1 + ... + d_N,
+#     except along the mean image x_mean (the training images' average): the
+#     response a1 = x_mean @ W1 + b1 moves by the MEAN of the N moves instead
+#     of their sum. That is one SGD-like step on x_mean (section 6's
+#     W1 -= lr * outer(x, delta), b1 -= lr * delta) with lr = (N - 1) / N and
+#     delta = (a1 after the sum - a1 before) / (1 + |x_mean|**2);
+#   - every later layer takes the MEAN of the changes, W + (d_1 + ... + d_N) / N.
+# With N = 1 there are no helpers and no rounds: the plain loop itself.
+# Why: an image's step changes only its ~150 inked pixels' rows of W1, so the
+# N processes mostly learn different things, and the sum keeps each image's
+# full step, as one process would. But every image also pulls on what all
+# images share -- the mean image's response, the biases, the output layer --
+# and there each process makes the same correction; summed, it is made N times
+# over and overshoots (the sum of everything diverged with 4 processes and
+# more), so there the changes are averaged.
+# How long a round is: ROUND_UPDATES updates of all processes together,
+# estimated from the previous epoch (ROUND_UPDATES / the fraction of images
+# it updated; the first epoch counts every image): mastery makes most images
+# update-free after the first epoch, and rounds grow long when few updates
+# happen, so the processes rarely wait for each other.
+# Measured (one process simulating N, the weights exactly those of N real
+# ones; all 60,000 images, 10 epochs, test accuracy, seeds 1-3) -- see the
+# README's "Speed" for the whole table:
+#   RESULTS_TABLE
+# The weights travel through shared memory (multiprocessing.shared_memory),
+# one slot per process, 8 bytes a weight: the packed engine's rows as their
+# integers' bytes (int.to_bytes and int.from_bytes, in C), every other weight
+# as floats (struct, in C); pipes carry only the commands and the epoch's
+# figures. A round's exchange costs ~SYNC ms against ~TRAIN ms of training
+# (tests/bench.py measures both).
+# The same N and seed repeat a run exactly; Ctrl-C or a lost helper undoes the
+# unfinished round, so a checkpoint resumes exactly with the same N (and
+# starts rounds afresh with another N). Momentum, Adam and weight decay keep a
+# state for every weight that N processes would each keep apart: they are
+# refused with --workers; mini-batches, dropout and distortions work (each
+# image's randomness comes from its place in the epoch, section 9).
 
-ROUND_IMAGES = 5000          # images each process trains on between two averagings
+ROUND_UPDATES = 2000         # updates in one round, all processes together (estimated)
 WORKER_PATIENCE = 120.0      # seconds a helper may take, beyond 10x this process's share
 
 
-def flat_weights(engine):
-    """Every weight and bias of an engine in one array of floats: each layer's
-    W row by row, then each b."""
-    flat = array.array("d")
-    for w in engine.weights:
-        if w is None:                                   # the packed engine's W1
-            w = [engine.unpacked_row(i) for i in range(len(engine.rows))]
+def round_images(previous, batch_size):
+    """How many images one round trains on: ROUND_UPDATES over the fraction of
+    images the previous epoch updated (previous: its EpochStats, or None in
+    the first epoch, which counts every image), in whole mini-batches."""
+    fraction = 1.0 if previous is None else max(previous.updated, 1) / max(previous.seen, 1)
+    images = math.ceil(ROUND_UPDATES / fraction)
+    return -(-images // batch_size) * batch_size
+
+
+def mean_image(data):
+    """The average of data's images, pixel by pixel, rounded to bytes: x_mean."""
+    return bytes(round(sum(data.images[i::N_PIXELS]) / max(len(data), 1))
+                 for i in range(N_PIXELS))
+
+
+class Weights:
+    """A copy of an engine's weights: `first`, the rows of W1 (the packed
+    engine's integers, or lists of floats), and `later`, every other number in
+    one array of floats: b1, then each later layer's W row by row and its b."""
+    __slots__ = ("first", "later")
+
+    def __init__(self, first, later):
+        self.first, self.later = first, later
+
+
+def first_rows(engine):
+    return engine.rows if isinstance(engine, PackedNetwork) else engine.weights[0]
+
+
+def later_values(engine):
+    """b1, then each later layer's W row by row and its b, as one array."""
+    values = array.array("d", engine.biases[0])
+    for w, b in zip(engine.weights[1:], engine.biases[1:]):
         for row in w:
-            flat.extend(row)
-    for b in engine.biases:
-        flat.extend(b)
-    return flat
+            values.extend(row)
+        values.extend(b)
+    return values
 
 
-def load_flat_weights(engine, flat):
-    """Set an engine's weights and biases from flat_weights' array, in place
-    (so that a Trainer's view of the lists stays valid)."""
+def set_later_values(engine, values):
+    """later_values, set back in place (a Trainer's view of the lists stays valid)."""
     at = 0
-    for l, w in enumerate(engine.weights):
-        if w is None:                                   # the packed engine's W1
-            n = engine.n_first
-            engine.rows = [pack_lanes([round(v * SCALE) + OFFSET for v in flat[k:k + n]])
-                           for k in range(at, at + n * len(engine.rows), n)]
-            at += n * len(engine.rows)
+    for row in [engine.biases[0]] + [r for w, b in zip(engine.weights[1:], engine.biases[1:])
+                                     for r in w + [b]]:
+        row[:] = values[at:at + len(row)]
+        at += len(row)
+
+
+def copy_weights(engine):
+    rows = first_rows(engine)
+    first = list(rows) if isinstance(engine, PackedNetwork) else [list(row) for row in rows]
+    return Weights(first, later_values(engine))
+
+
+def set_weights(engine, weights):
+    """Make engine's weights those of a Weights (the packed engine's range
+    proof, weight_bound, is the caller's to set)."""
+    if isinstance(engine, PackedNetwork):
+        engine.rows = list(weights.first)
+    else:
+        for row, values in zip(engine.weights[0], weights.first):
+            row[:] = values
+    set_later_values(engine, weights.later)
+
+
+def slot_size(sizes):
+    """The bytes of one process's slot: 8 for every weight and bias (a packed
+    row of n lanes is 8n bytes too)."""
+    return 8 * sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+
+
+def write_slot(buffer, engine):
+    """engine's weights into a shared buffer: each row of W1 (8 bytes a
+    weight: the packed integer's bytes, or floats), then later_values. struct
+    reads and writes the buffer in place, in C."""
+    width = 8 * engine.sizes[1]
+    if isinstance(engine, PackedNetwork):
+        layout = struct.Struct("%ds" % width)
+        for i, row in enumerate(engine.rows):
+            layout.pack_into(buffer, i * width, row.to_bytes(width, "little"))
+    else:
+        layout = struct.Struct("%dd" % engine.sizes[1])
+        for i, row in enumerate(engine.weights[0]):
+            layout.pack_into(buffer, i * width, *row)
+    later = later_values(engine)
+    struct.pack_into("%dd" % len(later), buffer, engine.sizes[0] * width, *later)
+
+
+def read_slot(buffer, engine):
+    """The Weights that write_slot wrote into buffer (engine: one of the same
+    kind and sizes)."""
+    n_in, width = engine.sizes[0], 8 * engine.sizes[1]
+    if isinstance(engine, PackedNetwork):
+        layout = struct.Struct("%ds" % width)
+        first = [int.from_bytes(layout.unpack_from(buffer, i * width)[0], "little")
+                 for i in range(n_in)]
+    else:
+        layout = struct.Struct("%dd" % engine.sizes[1])
+        first = [list(layout.unpack_from(buffer, i * width)) for i in range(n_in)]
+    count = slot_size(engine.sizes) // 8 - n_in * engine.sizes[1]
+    return Weights(first, array.array("d", struct.unpack_from("%dd" % count, buffer,
+                                                              n_in * width)))
+
+
+def add_changes(engine, start, theirs):
+    """engine += theirs - start, weight by weight: another process's changes
+    since start, added to this one's (exactly, for the packed rows: integers)."""
+    rows = first_rows(engine)
+    for i, (row, before) in enumerate(zip(theirs.first, start.first)):
+        if row != before:                       # a row it never touched adds nothing
+            if isinstance(engine, PackedNetwork):
+                rows[i] += row - before
+            else:
+                mine = rows[i]
+                for j in range(len(mine)):
+                    mine[j] += row[j] - before[j]
+    later = later_values(engine)
+    for k, (value, before) in enumerate(zip(theirs.later, start.later)):
+        later[k] += value - before
+    set_later_values(engine, later)
+
+
+def first_response(engine, rows, b1, x):
+    """a1 = x @ W1 + b1, with rows as W1's rows, for x as engine.forward
+    holds it in inputs[0] (the packed engine's pixel bytes, or bytes / 255)."""
+    if isinstance(engine, PackedNetwork):                 # as PackedNetwork.forward
+        lanes = unpack_lanes(sum(map(operator.mul, x[1], map(rows.__getitem__, x[0]))),
+                             engine.n_first)
+        offsets = OFFSET * sum(x[1])
+        return [(lane - offsets) / (255 * SCALE) + b for lane, b in zip(lanes, b1)]
+    return layer_forward(x, rows, b1)
+
+
+def share_out(engine, start, n, x_mean):
+    """Turn the sum of n processes' changes since start, which engine holds
+    (its own, and add_changes for each other one), into the round's result
+    (see above): along x_mean, the mean of the changes to the first layer;
+    in every later layer, the mean of the changes."""
+    if isinstance(engine, PackedNetwork):
+        # The sum may have moved any weight: count W1's range afresh. A lane
+        # pushed out of range shows as a weight far beyond the limit (or the
+        # integer goes negative), never as one within it.
+        try:
             engine.weight_bound = engine.max_abs_w1()
-            continue
-        for row in w:
-            row[:] = flat[at:at + len(row)]
-            at += len(row)
-    for b in engine.biases:
-        b[:] = flat[at:at + len(b)]
-        at += len(b)
+        except OverflowError:
+            engine.weight_bound = math.inf
+        if engine.weight_bound > WEIGHT_LIMIT:
+            raise MnistError("training diverged: the processes' summed changes take first-layer "
+                             "weights past +-%d; lower the learning rate" % WEIGHT_LIMIT)
+    n_first = engine.sizes[1]
+    acts = engine.forward(x_mean)
+    x = acts.inputs[0]
+    moved = [after - before for after, before in zip(
+        first_response(engine, first_rows(engine), engine.biases[0], x),
+        first_response(engine, start.first, start.later[:n_first], x))]
+    norm = 1.0 + sum((v / 255.0) ** 2 for v in x_mean)   # 1 + |x_mean|**2
+    deltas = [(list(range(n_first)), [m / norm for m in moved])]
+    deltas += [([], [])] * (len(engine.sizes) - 2)      # later layers: no step here
+    engine.update(acts, deltas, (n - 1) / n)            # a1(x_mean) keeps 1/n of its move
+    later = later_values(engine)
+    for k in range(n_first, len(later)):
+        later[k] = start.later[k] + (later[k] - start.later[k]) / n
+    set_later_values(engine, later)
 
 
-def mean_of(flats):
-    """The element-wise mean of several flat weight arrays."""
-    if len(flats) == 2:
-        return array.array("d", [(a + b) * 0.5 for a, b in zip(*flats)])
-    return array.array("d", [sum(values) / len(flats) for values in zip(*flats)])
-
-
-def serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option_fields):
-    """worker_main's loop: train or test as told, send back the results."""
+def serve_main_process(conn, slots, datasets, sizes, engine_name, recipe_fields,
+                       option_fields):
+    """worker_main's loop: train or test as told, send back the results. The
+    weights to start from are in slots[0], the main process's slot; a trained
+    share's weights go into slots[1], this helper's."""
     data = {name: Dataset(*pair) for name, pair in datasets.items()}
     empty = network_from([[[0.0] * n_out for _ in range(n_in)] for n_in, n_out in
                           zip(sizes, sizes[1:])], [[0.0] * n for n in sizes[1:]])
@@ -1599,12 +1751,14 @@ def serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option
     recipe = Recipe(**recipe_fields)
     trainer = Trainer(engine, Options(**option_fields), recipe.seed, data["train"])
     while True:
-        command, args = conn.recv()
+        command, args, bound = conn.recv()
         if command == "quit":
             return
         if command == "abort":                          # came after this share was done
             continue
-        load_flat_weights(engine, array.array("d", conn.recv_bytes()))
+        set_weights(engine, read_slot(slots[0].buf, engine))
+        if bound is not None:
+            engine.weight_bound = bound                 # proven by the main process
         try:
             if command == "train":
                 epoch, start, stop, rested = args
@@ -1619,8 +1773,8 @@ def serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option
                     conn.send(("aborted", None))
                     continue
                 rested = trainer.resting.changes(before) if trainer.resting is not None else []
+                write_slot(slots[1].buf, engine)
                 conn.send(("trained", (dataclasses.astuple(stats), rested)))
-                conn.send_bytes(flat_weights(engine).tobytes())
             else:                                       # "test"
                 name, start, stop = args
                 conn.send(("tested", answers(engine, data[name], start, stop)))
@@ -1628,7 +1782,7 @@ def serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option
             conn.send(("error", str(e)))
 
 
-def worker_main(conn, inherited, datasets, sizes, engine_name, recipe_fields, option_fields):
+def worker_main(conn, inherited, slot_names, *args):
     """A helper process: answers the main process's commands until told to
     quit, or until the main process is gone. Ctrl-C goes to the whole process
     group; a helper leaves it to the main process, which stops the helpers."""
@@ -1636,7 +1790,8 @@ def worker_main(conn, inherited, datasets, sizes, engine_name, recipe_fields, op
     for other_end in inherited:         # (see Helper)
         other_end.close()
     try:
-        serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option_fields)
+        slots = [multiprocessing.shared_memory.SharedMemory(name) for name in slot_names]
+        serve_main_process(conn, slots, *args)
     except (EOFError, OSError):                          # the main process is gone
         pass
 
@@ -1648,7 +1803,7 @@ class WorkerLost(MnistError):
 class Helper:
     """One helper process and the pipe to it."""
 
-    def __init__(self, context, number, earlier, args):
+    def __init__(self, context, number, earlier, slot_names, args):
         self.number = number
         self.conn, child = context.Pipe()
         # A process started by fork inherits every open pipe end of this one:
@@ -1659,15 +1814,13 @@ class Helper:
         if context.get_start_method() != "fork":
             inherited = []                    # spawn and forkserver inherit nothing
         self.process = context.Process(target=worker_main, daemon=True,
-                                       args=(child, inherited) + args,
+                                       args=(child, inherited, slot_names) + args,
                                        name="mnist_pure worker %d" % number)
         self.process.start()
         child.close()
 
-    def send(self, command, args, blob=None):
-        self.conn.send((command, args))
-        if blob is not None:
-            self.conn.send_bytes(blob)
+    def send(self, command, args, bound=None):
+        self.conn.send((command, args, bound))
 
     def lost(self):
         """WorkerLost, saying how the process ended."""
@@ -1679,20 +1832,33 @@ class Helper:
 
 
 class Workers:
-    """N processes training and testing together: this one and N - 1 helpers."""
+    """N processes training and testing together: this one and N - 1 helpers,
+    each with a slot of shared memory for its weights (slots[0] is this
+    process's). close() removes the slots; if this process is killed outright,
+    multiprocessing's resource tracker removes them."""
 
     def __init__(self, n, datasets, sizes, engine_name, recipe, options, start_method=None):
+        if options.dense_steps():
+            raise MnistError("--workers shares out plain and mini-batch SGD; momentum, Adam "
+                             "and weight decay keep a state for every weight, which runs "
+                             "with --workers 1")
         context = multiprocessing.get_context(start_method)
         args = ({name: (d.images, d.labels) for name, d in datasets.items()}, list(sizes),
                 engine_name, dataclasses.asdict(recipe), dataclasses.asdict(options))
-        self.helpers, self.shared_until = [], None
+        self.helpers, self.slots, self.shared_until = [], [], None
+        self.size = n
+        self.x_mean = mean_image(datasets["train"])
+        tag = "mnist_pure_%d_%s" % (os.getpid(), os.urandom(4).hex())
         try:
+            for k in range(n):
+                self.slots.append(multiprocessing.shared_memory.SharedMemory(
+                    "%s_%d" % (tag, k), create=True, size=slot_size(sizes)))
             for number in range(1, n):
-                self.helpers.append(Helper(context, number, list(self.helpers), args))
+                names = (self.slots[0].name, self.slots[number].name)
+                self.helpers.append(Helper(context, number, list(self.helpers), names, args))
         except BaseException:
             self.close()
             raise
-        self.size = n
 
     def shares(self, start, end, batch):
         """[start, end) cut in self.size consecutive shares, whole batches each."""
@@ -1700,6 +1866,12 @@ class Workers:
         size = -(-size // batch) * batch
         return [(min(end, start + k * size), min(end, start + (k + 1) * size))
                 for k in range(self.size)]
+
+    def publish(self, engine):
+        """Put engine's weights where the helpers read them; the packed
+        engine's proven bound on |W1|, which goes with them (or None)."""
+        write_slot(self.slots[0].buf, engine)
+        return getattr(engine, "weight_bound", None)
 
     def collect(self, busy, stop, patience, on_stop):
         """{helper: its reply} from every busy helper; WorkerLost if one dies
@@ -1714,8 +1886,6 @@ class Workers:
                 if helper.conn.poll():
                     try:
                         replies[helper] = helper.conn.recv()
-                        if replies[helper][0] == "trained":
-                            replies[helper] += (helper.conn.recv_bytes(),)
                     except (EOFError, OSError):
                         raise helper.lost()
                     if replies[helper][0] == "error":
@@ -1731,41 +1901,52 @@ class Workers:
         return replies
 
     def train_round(self, trainer, data, recipe, epoch, start, end, stats, stop, progress=None):
-        """Train images start..end of the epoch, shared out; average the weights
-        into trainer's engine and count the round into stats. Returns end, or
-        start if stop was requested (the round is then undone, so that the run
-        resumes exactly from its beginning)."""
+        """Train images start..end of the epoch, shared out; combine the
+        processes' changes into trainer's engine (see above) and count the
+        round into stats. Returns end, or start if stop was requested (the
+        round is then undone, so that the run resumes exactly from its
+        beginning; likewise, before WorkerLost or another error goes up)."""
         engine, resting = trainer.model, trainer.resting
-        blob = flat_weights(engine).tobytes()
+        before, bound = copy_weights(engine), self.publish(engine)
         shares = self.shares(start, end, trainer.options.batch_size)
         rested = []                         # what rests, as this process knows it
         if resting is not None:
             rested = resting.changes(self.shared_until or [0] * len(resting.until))
             saved = list(resting.until), list(resting.confidence)
-        for helper, (a, b) in zip(self.helpers, shares[1:]):
-            helper.send("train", (epoch, a, b, rested), blob)
-        own = EpochStats(stats.epoch, stats.learning_rate)
-        clock = time.monotonic()
-        first, last = shares[0]
-        report = None if progress is None else (
-            lambda position: progress(start + (position - first) * self.size))
-        reached = train_share(trainer, data, recipe, epoch, first, last, own,
-                              lambda: stop.requested, report)
+
+        def undo():
+            set_weights(engine, before)
+            if bound is not None:
+                engine.weight_bound = bound
+            if resting is not None:
+                resting.until[:], resting.confidence[:] = saved
+            return start
 
         def abort():
             for helper in self.helpers:
                 helper.send("abort", None)
-        if reached < last:
-            abort()
-        patience = WORKER_PATIENCE + 10 * (time.monotonic() - clock)
-        replies = self.collect(self.helpers, stop, patience, abort)
-        if any(reply[0] == "aborted" for reply in replies.values()) or reached < last:
-            load_flat_weights(engine, array.array("d", blob))
-            if resting is not None:
-                resting.until[:], resting.confidence[:] = saved
-            return start
-        flats = [flat_weights(engine)] + [array.array("d", replies[h][2]) for h in self.helpers]
-        load_flat_weights(engine, mean_of(flats))
+        try:
+            for helper, (a, b) in zip(self.helpers, shares[1:]):
+                helper.send("train", (epoch, a, b, rested), bound)
+            own = EpochStats(stats.epoch, stats.learning_rate)
+            clock = time.monotonic()
+            first, last = shares[0]
+            report = None if progress is None else (
+                lambda position: progress(start + (position - first) * self.size))
+            reached = train_share(trainer, data, recipe, epoch, first, last, own,
+                                  lambda: stop.requested, report)
+            if reached < last:
+                abort()
+            patience = WORKER_PATIENCE + 10 * (time.monotonic() - clock)
+            replies = self.collect(self.helpers, stop, patience, abort)
+            if any(reply[0] == "aborted" for reply in replies.values()) or reached < last:
+                return undo()
+            for helper in self.helpers:
+                add_changes(engine, before, read_slot(self.slots[helper.number].buf, engine))
+            share_out(engine, before, self.size, self.x_mean)
+        except BaseException:
+            undo()
+            raise
         stats.add(own)
         for helper in self.helpers:
             figures, their_rested = replies[helper][1]
@@ -1779,10 +1960,10 @@ class Workers:
     def answers(self, engine, name, data, progress=None):
         """answers() over all of data, shared out (data is the dataset the
         helpers know by name)."""
-        blob = flat_weights(engine).tobytes()
+        bound = self.publish(engine)
         shares = self.shares(0, len(data), 1)
         for helper, (a, b) in zip(self.helpers, shares[1:]):
-            helper.send("test", (name, a, b), blob)
+            helper.send("test", (name, a, b), bound)
         first, last = shares[0]
         report = None if progress is None else (
             lambda k: progress(k * self.size, len(data)))
@@ -1794,7 +1975,7 @@ class Workers:
         return guesses, confidences
 
     def close(self):
-        """Stop every helper; none is left behind."""
+        """Stop every helper, none left behind, and remove the shared memory."""
         for helper in self.helpers:
             try:
                 helper.send("quit", None)
@@ -1807,6 +1988,10 @@ class Workers:
                 helper.process.join(2.0)
             helper.conn.close()
         self.helpers = []
+        for slot in self.slots:
+            slot.close()
+            slot.unlink()
+        self.slots = []
 
 
 # =============================================================================
@@ -2176,7 +2361,9 @@ def train_epoch(trainer, data, recipe, state, stop, progress=None, workers=None)
             state.position = train_share(trainer, data, recipe, epoch, state.position,
                                          len(data), stats, lambda: stop.requested, bar)
         while workers is not None and state.position < len(data) and not stop.requested:
-            end = min(len(data), state.position + workers.size * ROUND_IMAGES)
+            previous = state.history[-1] if state.history else None
+            end = min(len(data), state.position +
+                      round_images(previous, trainer.options.batch_size))
             state.position = workers.train_round(trainer, data, recipe, epoch, state.position,
                                                  end, stats, stop, bar)
     finally:
@@ -5075,6 +5262,9 @@ def check_usage(parser, args, settings):
         parser.error("--nesterov needs --momentum M")
     if settings.optimizer == "adam" and settings.momentum:
         parser.error("--momentum is for --optimizer sgd; Adam keeps its own running means")
+    if settings.workers > 1 and settings.options().dense_steps():
+        parser.error("--workers shares out plain and mini-batch SGD; momentum, Adam and weight "
+                     "decay keep a state for every weight: use them with --workers 1")
     if settings.engine == "packed" and settings.engine_name() == "packed" and (
             settings.options().dense_steps() or settings.dropout):
         parser.error("the packed engine does plain and mini-batch SGD only; momentum, Adam, "
