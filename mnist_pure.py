@@ -1707,22 +1707,25 @@ def first_response(engine, rows, b1, x):
     return layer_forward(x, rows, b1)
 
 
-def share_out(engine, start, n, x_mean):
+def share_out(engine, start, n, x_mean, bound=None):
     """Turn the sum of n processes' changes since start, which engine holds
     (its own, and add_changes for each other one), into the round's result
     (see above): along x_mean, the mean of the changes to the first layer;
-    in every later layer, the mean of the changes."""
+    in every later layer, the mean of the changes. For the packed engine,
+    bound may prove |W1| <= bound after the sum (None: none known)."""
     if isinstance(engine, PackedNetwork):
-        # The sum may have moved any weight: count W1's range afresh. A lane
-        # pushed out of range shows as a weight far beyond the limit (or the
-        # integer goes negative), never as one within it.
-        try:
-            engine.weight_bound = engine.max_abs_w1()
-        except OverflowError:
-            engine.weight_bound = math.inf
-        if engine.weight_bound > WEIGHT_LIMIT:
+        # Unless bound proves the sum within range, count W1's range afresh
+        # (~10 ms): a lane pushed out of range shows as a weight far beyond
+        # the limit (or the integer goes negative), never as one within it.
+        if bound is None or bound > WEIGHT_LIMIT:
+            try:
+                bound = engine.max_abs_w1()
+            except OverflowError:
+                bound = math.inf
+        if bound > WEIGHT_LIMIT:
             raise MnistError("training diverged: the processes' summed changes take first-layer "
                              "weights past +-%d; lower the learning rate" % WEIGHT_LIMIT)
+        engine.weight_bound = bound
     n_first = engine.sizes[1]
     acts = engine.forward(x_mean)
     x = acts.inputs[0]
@@ -1774,7 +1777,8 @@ def serve_main_process(conn, slots, datasets, sizes, engine_name, recipe_fields,
                     continue
                 rested = trainer.resting.changes(before) if trainer.resting is not None else []
                 write_slot(slots[1].buf, engine)
-                conn.send(("trained", (dataclasses.astuple(stats), rested)))
+                conn.send(("trained", (dataclasses.astuple(stats), rested,
+                                       getattr(engine, "weight_bound", None))))
             else:                                       # "test"
                 name, start, stop = args
                 conn.send(("tested", answers(engine, data[name], start, stop)))
@@ -1941,15 +1945,18 @@ class Workers:
             replies = self.collect(self.helpers, stop, patience, abort)
             if any(reply[0] == "aborted" for reply in replies.values()) or reached < last:
                 return undo()
+            summed = None
+            if bound is not None:       # |W + sum of (W_k - W)| <= |W_1| + sum of (|W_k| + |W|)
+                summed = engine.weight_bound + sum(replies[h][1][2] + bound for h in self.helpers)
             for helper in self.helpers:
                 add_changes(engine, before, read_slot(self.slots[helper.number].buf, engine))
-            share_out(engine, before, self.size, self.x_mean)
+            share_out(engine, before, self.size, self.x_mean, summed)
         except BaseException:
             undo()
             raise
         stats.add(own)
         for helper in self.helpers:
-            figures, their_rested = replies[helper][1]
+            figures, their_rested, _ = replies[helper][1]
             stats.add(EpochStats(*figures))
             if resting is not None:
                 resting.apply(their_rested)

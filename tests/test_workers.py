@@ -195,8 +195,8 @@ class SharingTests(unittest.TestCase):
         # distortions; three lists ones with dropout, over two epochs (the
         # second's rounds are longer, and sure images rest).
         for n, size, epochs, engine, fields in (
-                (2, 3000, 1, "packed", {"batch_size": 4, "augment": "shift"}),
-                (3, 1200, 2, "lists", {"hidden": (24,), "dropout": 0.2})):
+                (2, 2000, 1, "packed", {"batch_size": 4, "augment": "shift"}),
+                (3, 900, 2, "lists", {"hidden": (16,), "dropout": 0.2})):
             real, state = fit_with_workers(n, size, epochs, engine, **fields)
             alone, history = simulate_workers(n, size, epochs, engine, **fields)
             self.assertEqual(weights(real), weights(alone), (n, engine))
