@@ -1527,47 +1527,54 @@ def answers(engine, data, start=0, stop=None, progress=None):
 
 # Several processes: with --workers N, N processes (this one and N - 1
 # helpers, one per core) share each epoch out in rounds. The plain loop, for
-# one process, is the lesson's:
+# one process, is the lesson's epoch_steps:
 #     for each image of the epoch's order:  forward, and unless mastered, learn
-# A round, for N processes: they all start from the same weights W; each runs
-# that loop over its own consecutive share of the round's images (one image
-# after another, as the lesson does); then this process combines their
-# changes d_k = W_k - W (k = 1..N) into the next round's weights:
-#   - the first layer (W1 and b1) takes the SUM of the changes, W + d_1 + ... + d_N,
-#     except along the mean image x_mean (the training images' average): the
-#     response a1 = x_mean @ W1 + b1 moves by the MEAN of the N moves instead
-#     of their sum. That is one SGD-like step on x_mean (section 6's
-#     W1 -= lr * outer(x, delta), b1 -= lr * delta) with lr = (N - 1) / N and
-#     delta = (a1 after the sum - a1 before) / (1 + |x_mean|**2);
+# A round, for N processes: all start from the same weights W; each runs that
+# loop over its own consecutive share of the round's images; then this process
+# combines their changes d_k = W_k - W (k = 1..N) into the next round's weights:
+#   - the first layer (W1, b1) takes the SUM of the changes, W + d_1 + ... + d_N,
+#     except along the mean image x_mean (the training images' average): there
+#     the response a1 = x_mean @ W1 + b1 moves by the MEAN of the N processes'
+#     moves instead of their sum. That is one step on x_mean as section 6 takes
+#     them (W1 -= lr * outer(x, delta), b1 -= lr * delta), with lr = (N - 1) / N
+#     and delta = (a1 after the sum - a1 before) / (1 + |x_mean|**2);
 #   - every later layer takes the MEAN of the changes, W + (d_1 + ... + d_N) / N.
 # With N = 1 there are no helpers and no rounds: the plain loop itself.
-# Why: an image's step changes only its ~150 inked pixels' rows of W1, so the
-# N processes mostly learn different things, and the sum keeps each image's
-# full step, as one process would. But every image also pulls on what all
-# images share -- the mean image's response, the biases, the output layer --
-# and there each process makes the same correction; summed, it is made N times
-# over and overshoots (the sum of everything diverged with 4 processes and
-# more), so there the changes are averaged.
-# How long a round is: ROUND_UPDATES updates of all processes together,
-# estimated from the previous epoch (ROUND_UPDATES / the fraction of images
-# it updated; the first epoch counts every image): mastery makes most images
-# update-free after the first epoch, and rounds grow long when few updates
-# happen, so the processes rarely wait for each other.
-# Measured (one process simulating N, the weights exactly those of N real
-# ones; all 60,000 images, 10 epochs, test accuracy, seeds 1-3) -- see the
-# README's "Speed" for the whole table:
-#   RESULTS_TABLE
+# Why: an image changes only its ~150 inked pixels' rows of W1, so the
+# processes mostly learn different things, and the sum keeps each image's
+# whole step, as one process would. But every image also pulls on what all
+# images share -- the mean image's response, the later layers -- and there
+# each process corrects the same error; N corrections of one error overshoot
+# like a gradient step N times too long. Summing everything diverged with 4
+# and 8 processes even in rounds of 50 images a process; the sum times c was
+# stable at c x N = 2 and diverged at 3.
+# A round holds ROUND_UPDATES updates of all processes together, estimated from
+# the previous epoch: ROUND_UPDATES / the fraction of images it updated (the
+# first epoch counts every image). Mastery leaves fewer images to update each
+# epoch, so rounds grow: 72 of them to 98% with two processes.
+# Measured (N processes simulated in one, with these functions: the weights
+# are exactly those of N real ones, tests/test_workers.py; all 60,000 images,
+# 10 epochs, seeds 1, 2, 3):
+#     N   test accuracy after 10 epochs   mean     98% first at epoch
+#     1   98.23 / 98.22 / 98.31%          98.25%   7, 6, 6    (the plain loop)
+#     2   98.15 / 98.32 / 98.21%          98.23%   6, 6, 6
+#     4   98.21 / 98.34 / 98.07%          98.21%   6, 6, 6
+#     8   98.17 / 98.27 / 98.01%          98.15%   7, 6, 6
+#     16  97.86 / 98.08 / 98.01%          97.98%   8, 6, 7
+# against, seed 1: the mean of all changes (the earlier --workers), 97.95%,
+# 97.92%, 97.71% with 2, 4, 8, and 4 and 8 never reach 98%; the sum times
+# 2/N, 98.08% with 4 and with 8, 98% at epoch 8 (README, "Speed", has more).
 # The weights travel through shared memory (multiprocessing.shared_memory),
-# one slot per process, 8 bytes a weight: the packed engine's rows as their
-# integers' bytes (int.to_bytes and int.from_bytes, in C), every other weight
-# as floats (struct, in C); pipes carry only the commands and the epoch's
-# figures. A round's exchange costs ~SYNC ms against ~TRAIN ms of training
-# (tests/bench.py measures both).
-# The same N and seed repeat a run exactly; Ctrl-C or a lost helper undoes the
-# unfinished round, so a checkpoint resumes exactly with the same N (and
-# starts rounds afresh with another N). Momentum, Adam and weight decay keep a
-# state for every weight that N processes would each keep apart: they are
-# refused with --workers; mini-batches, dropout and distortions work (each
+# a slot per process, 8 bytes a weight: the packed engine's rows as their
+# integers' bytes (int.to_bytes, int.from_bytes), the rest as floats (struct),
+# all in C; the pipes carry only commands and each round's figures. A round's
+# exchange measured ~15-20 ms here (tests/bench.py), against ~0.4 s of
+# training in a first-epoch round of 1,000 images a process on CPython.
+# The same N and seed repeat a run exactly; Ctrl-C, or a helper lost, undoes
+# the unfinished round, so a checkpoint resumes exactly with the same N (and
+# with another N, starts its rounds there). Momentum, Adam and weight decay
+# keep a state for every weight that N processes would each keep apart: they
+# are refused with --workers; mini-batches, dropout and distortions work (each
 # image's randomness comes from its place in the epoch, section 9).
 
 ROUND_UPDATES = 2000         # updates in one round, all processes together (estimated)
@@ -1732,8 +1739,8 @@ def share_out(engine, start, n, x_mean, bound=None):
     moved = [after - before for after, before in zip(
         first_response(engine, first_rows(engine), engine.biases[0], x),
         first_response(engine, start.first, start.later[:n_first], x))]
-    norm = 1.0 + sum((v / 255.0) ** 2 for v in x_mean)   # 1 + |x_mean|**2
-    deltas = [(list(range(n_first)), [m / norm for m in moved])]
+    length2 = 1.0 + sum((v / 255.0) ** 2 for v in x_mean)    # 1 + |x_mean|**2
+    deltas = [(list(range(n_first)), [m / length2 for m in moved])]
     deltas += [([], [])] * (len(engine.sizes) - 2)      # later layers: no step here
     engine.update(acts, deltas, (n - 1) / n)            # a1(x_mean) keeps 1/n of its move
     later = later_values(engine)
