@@ -1749,6 +1749,23 @@ def share_out(engine, start, n, x_mean, bound=None):
     set_later_values(engine, later)
 
 
+def images_of(orders, n, seed, epoch, start, stop):
+    """The images at positions start..stop of the epoch's order, the order
+    kept in the dict orders for the epoch at hand (drawn afresh for the next)."""
+    if epoch not in orders:
+        orders.clear()
+        orders[epoch] = epoch_order(n, seed, epoch)
+    return orders[epoch][start:stop]
+
+
+def rest_changes(resting, images, before):
+    """[(image, until, confidence)] for those of images whose rest changed
+    since before (their `until` values then): what training them changed in
+    a Resting table, found without reading the whole table."""
+    return [(k, resting.until[k], resting.confidence[k])
+            for k, old in zip(images, before) if resting.until[k] != old]
+
+
 def serve_main_process(conn, slots, datasets, sizes, engine_name, recipe_fields,
                        option_fields):
     """worker_main's loop: train or test as told, send back the results. The
@@ -1760,6 +1777,7 @@ def serve_main_process(conn, slots, datasets, sizes, engine_name, recipe_fields,
     engine = make_engine(empty, engine_name)
     recipe = Recipe(**recipe_fields)
     trainer = Trainer(engine, Options(**option_fields), recipe.seed, data["train"])
+    orders, images, before = {}, [], []
     while True:
         command, args, bound = conn.recv()
         if command == "quit":
@@ -1774,7 +1792,9 @@ def serve_main_process(conn, slots, datasets, sizes, engine_name, recipe_fields,
                 epoch, start, stop, rested = args
                 if trainer.resting is not None:
                     trainer.resting.apply(rested)
-                    before = list(trainer.resting.until)
+                    images = images_of(orders, len(data["train"]), recipe.seed, epoch, start,
+                                       stop)
+                    before = [trainer.resting.until[k] for k in images]
                 stats = EpochStats(epoch + 1, learning_rate_at(recipe, epoch))
                 reached = train_share(trainer, data["train"], recipe, epoch, start, stop,
                                       stats, halt=conn.poll)
@@ -1782,7 +1802,7 @@ def serve_main_process(conn, slots, datasets, sizes, engine_name, recipe_fields,
                     conn.recv()                         # the abort that stopped it
                     conn.send(("aborted", None))
                     continue
-                rested = trainer.resting.changes(before) if trainer.resting is not None else []
+                rested = rest_changes(trainer.resting, images, before) if images else []
                 write_slot(slots[1].buf, engine)
                 conn.send(("trained", (dataclasses.astuple(stats), rested,
                                        getattr(engine, "weight_bound", None))))
@@ -1856,7 +1876,8 @@ class Workers:
         context = multiprocessing.get_context(start_method)
         args = ({name: (d.images, d.labels) for name, d in datasets.items()}, list(sizes),
                 engine_name, dataclasses.asdict(recipe), dataclasses.asdict(options))
-        self.helpers, self.slots, self.shared_until = [], [], None
+        self.helpers, self.slots = [], []
+        self.orders, self.unsent = {}, None     # None: the helpers know no rests yet
         self.size = n
         self.x_mean = mean_image(datasets["train"])
         tag = "mnist_pure_%d_%s" % (os.getpid(), os.urandom(4).hex())
@@ -1920,17 +1941,20 @@ class Workers:
         engine, resting = trainer.model, trainer.resting
         before, bound = copy_weights(engine), self.publish(engine)
         shares = self.shares(start, end, trainer.options.batch_size)
-        rested = []                         # what rests, as this process knows it
+        rested, images = [], []             # what rests that the helpers do not know
         if resting is not None:
-            rested = resting.changes(self.shared_until or [0] * len(resting.until))
-            saved = list(resting.until), list(resting.confidence)
+            rested = self.unsent
+            if rested is None:
+                rested = resting.changes([0] * len(resting.until))
+            images = images_of(self.orders, len(data), recipe.seed, epoch, start, end)
+            saved = [(k, resting.until[k], resting.confidence[k]) for k in images]
 
         def undo():
             set_weights(engine, before)
             if bound is not None:
                 engine.weight_bound = bound
-            if resting is not None:
-                resting.until[:], resting.confidence[:] = saved
+            for k, until, confidence in (saved if resting is not None else []):
+                resting.until[k], resting.confidence[k] = until, confidence
             return start
 
         def abort():
@@ -1967,8 +1991,8 @@ class Workers:
             stats.add(EpochStats(*figures))
             if resting is not None:
                 resting.apply(their_rested)
-        if resting is not None:
-            self.shared_until = saved[0]    # helpers know that much; send the rest next time
+        if resting is not None:             # the helpers learn this round's rests next time
+            self.unsent = rest_changes(resting, images, [until for _, until, _ in saved])
         return end
 
     def answers(self, engine, name, data, progress=None):

@@ -202,6 +202,9 @@ class SharingTests(unittest.TestCase):
             self.assertEqual(weights(real), weights(alone), (n, engine))
             self.assertEqual([s.updated for s in state.history], [s.updated for s in history])
             self.assertEqual([s.seen for s in state.history], [size] * epochs)
+            for real_epoch, alone_epoch in zip(state.history, history):   # the same answers,
+                self.assertAlmostEqual(real_epoch.loss_sum, alone_epoch.loss_sum,  # resting too
+                                       delta=1e-9 * alone_epoch.loss_sum)
 
     def test_two_workers_learn_as_well_as_one(self):
         _, test = mnist()
