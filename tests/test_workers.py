@@ -266,6 +266,28 @@ class SharingTests(unittest.TestCase):
         self.assertEqual(run.code, 2)
         self.assertIn("--workers 1", run.err)
 
+    @unittest.skipUnless(hasattr(signal, "SIGKILL"), "needs SIGKILL")
+    def test_a_helper_gone_between_two_rounds_is_a_lost_worker_and_the_round_is_undone(self):
+        # Rounds are short: a helper killed just after its reply is found
+        # gone when the next round's command is sent (a broken pipe before).
+        train, test = mnist()
+        settings = worker_settings(2, 200, "packed")
+        data = train[:200]
+        workers = m.start_workers(settings, data, None, test[:10])
+        try:
+            engine = m.make_engine(m.NeuralNetwork(seed=1), "packed")
+            trainer = m.Trainer(engine, settings.options(), 1, data, m.Resting(len(data)))
+            start = weights(engine)
+            helper = workers.helpers[0].process
+            os.kill(helper.pid, signal.SIGKILL)
+            helper.join()
+            with self.assertRaisesRegex(m.WorkerLost, "worker process 1 was killed by signal 9"):
+                workers.train_round(trainer, data, settings.recipe(), 0, 0, 100,
+                                    m.EpochStats(1, 0.05), m.StopFlag())
+            self.assertEqual(weights(engine), start)
+        finally:
+            workers.close()
+
     def test_closing_the_workers_removes_their_shared_memory(self):
         train, test = mnist()
         workers = m.start_workers(worker_settings(3, 100, "packed"), train[:100], None,
