@@ -627,14 +627,16 @@ def epoch_order(n, seed, epoch):
     return shuffled(n, random.Random("mnist_pure %d %d" % (seed, epoch)))
 
 
-def epoch_steps(model, data, recipe, epoch, start=0, stop=None):
+def epoch_steps(model, data, recipe, epoch, start=0, stop=None, order=None):
     """Train model on data for epoch `epoch` (0-based), from position start up
     to stop of its order, yielding (position, label, p, learned) after each
     image. The lesson runs it to the end; the tool also watches each step (a
     progress bar, Ctrl-C, the epoch's figures), and several processes each run
-    a share of an epoch."""
+    a share of an epoch, round after round: they pass the epoch's order, drawn
+    once (drawing 60,000 takes ~40 ms on CPython)."""
     learning_rate = learning_rate_at(recipe, epoch)
-    order = epoch_order(len(data), recipe.seed, epoch)
+    if order is None:
+        order = epoch_order(len(data), recipe.seed, epoch)
     for position in range(start, len(order) if stop is None else stop):
         image, label = data[order[position]]
         acts = model.forward(image)                       # the network's answer
@@ -1528,6 +1530,7 @@ import array
 import itertools
 import multiprocessing
 import multiprocessing.connection
+import multiprocessing.shared_memory
 import operator
 import signal
 import sys
@@ -1944,13 +1947,15 @@ def record(stats, label, p, learned):
         stats.skipped += 1
 
 
-def train_share(trainer, data, recipe, epoch, start, stop, stats, halt=None, progress=None):
+def train_share(trainer, data, recipe, epoch, start, stop, stats, halt=None, progress=None,
+                order=None):
     """The lesson's epoch_steps from position start to stop, each image counted
     into stats. After each (mini-)batch, halt() may say stop there. Returns
-    the position reached."""
+    the position reached. (order: the epoch's order, if drawn already.)"""
     trainer.start(epoch, start, learning_rate_at(recipe, epoch))
     batch = trainer.options.batch_size
-    for position, label, p, learned in epoch_steps(trainer, data, recipe, epoch, start, stop):
+    for position, label, p, learned in epoch_steps(trainer, data, recipe, epoch, start, stop,
+                                                   order):
         record(stats, label, p, learned)
         if progress is not None and position % PROGRESS_EVERY == 0:
             progress(position)
@@ -1975,103 +1980,298 @@ def answers(engine, data, start=0, stop=None, progress=None):
     return guesses, confidences
 
 
-# Several processes: with --workers N, an epoch is shared out by local SGD with
-# periodic averaging. In each round, N processes (this one and N - 1 helpers,
-# one per core) start from the same weights; each trains, exactly as the
-# lesson does, on its own next ROUND_IMAGES images of the epoch's order; then
-# their N sets of weights are averaged, and the next round starts from the
-# average. Within a round each process does plain per-sample SGD; across
-# processes the average acts like one step of a large mini-batch. Measured
-# here: exchanging and averaging the weights (~800 KB each way) costs ~0.15 s
-# a round against 1.5-3 s of training, where exchanging messages at every
-# image (tried first) cost more than the second core gave.
-# What it does to the learning: each image's step counts 1/N in the average,
-# so N processes learn a little less per epoch than one; mastery then finds
-# fewer images mastered, and more get updates. Measured on all 60,000 images,
-# 10 epochs, seeds 1-3: 98.05% with 2 processes against 98.25% with one, and
-# 98% first reached at epochs 6, 7, 7 against 7, 6, 6. Adding the processes' changes
-# instead of averaging them (new = start + sum of changes) undoes the 1/N but
-# overshoots: 96.36% (seed 1); three quarters of the sum, 98.00%, reaching 98%
-# only in the last epoch; the mean, 97.95% and 98% at epoch 6.
-# The same N and seed repeat a run exactly; a run stopped at a round boundary
-# resumes with any N.
+# Several processes: with --workers N, N processes (this one and N - 1
+# helpers, one per core) share each epoch out in rounds. The plain loop, for
+# one process, is the lesson's epoch_steps:
+#     for each image of the epoch's order:  forward, and unless mastered, learn
+# A round, for N processes: all start from the same weights W; each runs that
+# loop over its own consecutive share of the round's images; then this process
+# combines their changes d_k = W_k - W (k = 1..N) into the next round's weights:
+#   - the first layer (W1, b1) takes the SUM of the changes, W + d_1 + ... + d_N,
+#     except along the mean image x_mean (the training images' average): there
+#     the response a1 = x_mean @ W1 + b1 moves by the MEAN of the N processes'
+#     moves instead of their sum. That is one step on x_mean as section 6 takes
+#     them (W1 -= lr * outer(x, delta), b1 -= lr * delta), with lr = (N - 1) / N
+#     and delta = (a1 after the sum - a1 before) / (1 + |x_mean|**2);
+#   - every later layer takes the MEAN of the changes, W + (d_1 + ... + d_N) / N.
+# With N = 1 there are no helpers and no rounds: the plain loop itself.
+# Why: an image changes only its ~150 inked pixels' rows of W1, so the
+# processes mostly learn different things, and the sum keeps each image's
+# whole step, as one process would. But every image also pulls on what all
+# images share -- the mean image's response, the later layers -- and there
+# each process corrects the same error; N corrections of one error overshoot
+# like a gradient step N times too long. Summing everything diverged with 4
+# and 8 processes even in rounds of 50 images a process; the sum times c was
+# stable at c x N = 2 and diverged at 3.
+# A round holds ROUND_UPDATES updates of all processes together, estimated:
+# ROUND_UPDATES / the fraction of images updated so far in the epoch (at its
+# start, in the previous epoch; the first round counts every image). Mastery
+# leaves fewer images to update each epoch, so rounds grow: 53 of them to 98%
+# with two processes (20 in the first epoch, 3 in the tenth).
+# Measured (N processes simulated in one, with these functions: the weights
+# are exactly those of N real ones, tests/test_workers.py; all 60,000 images,
+# 10 epochs, seeds 1, 2, 3):
+#     N   test accuracy after 10 epochs   mean     98% first at epoch
+#     1   98.23 / 98.22 / 98.31%          98.25%   7, 6, 6    (the plain loop)
+#     2   98.19 / 98.31 / 98.12%          98.21%   7, 6, 6
+#     4   98.19 / 98.18 / 98.13%          98.17%   7, 6, 6
+#     8   98.17 / 98.21 / 98.13%          98.17%   6, 5, 6
+#     16  97.78 / 98.20 / 97.94%          97.97%   8, 6, never
+# against, seed 1: the mean of all changes (the earlier --workers), 97.95%,
+# 97.92%, 97.71% with 2, 4, 8, and 4 and 8 never reach 98%; the sum times
+# 2/N, 98.08% with 4 and with 8, 98% at epoch 8 (README, "Speed", has more).
+# The weights travel through shared memory (multiprocessing.shared_memory),
+# a slot per process, 8 bytes a weight: the packed engine's rows as their
+# integers' bytes (int.to_bytes, int.from_bytes), the rest as floats (struct),
+# all in C; the pipes carry only commands and each round's figures. A round's
+# exchange measured ~10 ms here (tests/bench.py: 11 ms on CPython, 9.5 ms on
+# PyPy), against ~0.4 s of training in a first-epoch round of 1,000 images a
+# process on CPython.
+# The same N and seed repeat a run exactly; Ctrl-C, or a helper lost, undoes
+# the unfinished round, so a checkpoint resumes exactly with the same N (and
+# with another N, starts its rounds there). Momentum, Adam and weight decay
+# keep a state for every weight that N processes would each keep apart: they
+# are refused with --workers; mini-batches, dropout and distortions work (each
+# image's randomness comes from its place in the epoch, section 9).
 
-ROUND_IMAGES = 5000          # images each process trains on between two averagings
+ROUND_UPDATES = 2000         # updates in one round, all processes together (estimated)
 WORKER_PATIENCE = 120.0      # seconds a helper may take, beyond 10x this process's share
+POLL_EVERY = 64              # batches between a helper's looks for an abort (each ~2-5 us)
 
 
-def flat_weights(engine):
-    """Every weight and bias of an engine in one array of floats: each layer's
-    W row by row, then each b."""
-    flat = array.array("d")
-    for w in engine.weights:
-        if w is None:                                   # the packed engine's W1
-            w = [engine.unpacked_row(i) for i in range(len(engine.rows))]
+def round_images(so_far, previous, batch_size):
+    """How many images one round trains on: ROUND_UPDATES over the fraction of
+    images updated lately -- in this epoch so far (so_far: its EpochStats), or
+    at an epoch's start in the previous one (previous; None before the first
+    epoch, which counts every image) -- in whole mini-batches."""
+    recent = so_far if so_far.seen else previous
+    fraction = 1.0 if recent is None else max(recent.updated, 1) / max(recent.seen, 1)
+    images = math.ceil(ROUND_UPDATES / fraction)
+    return -(-images // batch_size) * batch_size
+
+
+def mean_image(data):
+    """The average of data's images, pixel by pixel, rounded to bytes: x_mean."""
+    return bytes(round(sum(data.images[i::N_PIXELS]) / max(len(data), 1))
+                 for i in range(N_PIXELS))
+
+
+class Weights:
+    """A copy of an engine's weights: `first`, the rows of W1 (the packed
+    engine's integers, or lists of floats), and `later`, every other number in
+    one array of floats: b1, then each later layer's W row by row and its b."""
+    __slots__ = ("first", "later")
+
+    def __init__(self, first, later):
+        self.first, self.later = first, later
+
+
+def first_rows(engine):
+    return engine.rows if isinstance(engine, PackedNetwork) else engine.weights[0]
+
+
+def later_values(engine):
+    """b1, then each later layer's W row by row and its b, as one array."""
+    values = array.array("d", engine.biases[0])
+    for w, b in zip(engine.weights[1:], engine.biases[1:]):
         for row in w:
-            flat.extend(row)
-    for b in engine.biases:
-        flat.extend(b)
-    return flat
+            values.extend(row)
+        values.extend(b)
+    return values
 
 
-def load_flat_weights(engine, flat):
-    """Set an engine's weights and biases from flat_weights' array, in place
-    (so that a Trainer's view of the lists stays valid)."""
+def set_later_values(engine, values):
+    """later_values, set back in place (a Trainer's view of the lists stays valid)."""
     at = 0
-    for l, w in enumerate(engine.weights):
-        if w is None:                                   # the packed engine's W1
-            n = engine.n_first
-            engine.rows = [pack_lanes([round(v * SCALE) + OFFSET for v in flat[k:k + n]])
-                           for k in range(at, at + n * len(engine.rows), n)]
-            at += n * len(engine.rows)
-            engine.weight_bound = engine.max_abs_w1()
-            continue
-        for row in w:
-            row[:] = flat[at:at + len(row)]
-            at += len(row)
-    for b in engine.biases:
-        b[:] = flat[at:at + len(b)]
-        at += len(b)
+    for row in [engine.biases[0]] + [r for w, b in zip(engine.weights[1:], engine.biases[1:])
+                                     for r in w + [b]]:
+        row[:] = values[at:at + len(row)]
+        at += len(row)
 
 
-def mean_of(flats):
-    """The element-wise mean of several flat weight arrays."""
-    if len(flats) == 2:
-        return array.array("d", [(a + b) * 0.5 for a, b in zip(*flats)])
-    return array.array("d", [sum(values) / len(flats) for values in zip(*flats)])
+def copy_weights(engine):
+    rows = first_rows(engine)
+    first = list(rows) if isinstance(engine, PackedNetwork) else [list(row) for row in rows]
+    return Weights(first, later_values(engine))
 
 
-def serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option_fields):
-    """worker_main's loop: train or test as told, send back the results."""
+def set_weights(engine, weights):
+    """Make engine's weights those of a Weights (the packed engine's range
+    proof, weight_bound, is the caller's to set)."""
+    if isinstance(engine, PackedNetwork):
+        engine.rows = list(weights.first)
+    else:
+        for row, values in zip(engine.weights[0], weights.first):
+            row[:] = values
+    set_later_values(engine, weights.later)
+
+
+def slot_size(sizes):
+    """The bytes of one process's slot: 8 for every weight and bias (a packed
+    row of n lanes is 8n bytes too)."""
+    return 8 * sum(n_in * n_out + n_out for n_in, n_out in zip(sizes, sizes[1:]))
+
+
+def write_slot(buffer, engine):
+    """engine's weights into a shared buffer: each row of W1 (8 bytes a
+    weight: the packed integer's bytes, or floats), then later_values. struct
+    reads and writes the buffer in place, in C."""
+    width = 8 * engine.sizes[1]
+    if isinstance(engine, PackedNetwork):
+        layout = struct.Struct("%ds" % width)
+        for i, row in enumerate(engine.rows):
+            layout.pack_into(buffer, i * width, row.to_bytes(width, "little"))
+    else:
+        layout = struct.Struct("%dd" % engine.sizes[1])
+        for i, row in enumerate(engine.weights[0]):
+            layout.pack_into(buffer, i * width, *row)
+    later = later_values(engine)
+    struct.pack_into("%dd" % len(later), buffer, engine.sizes[0] * width, *later)
+
+
+def read_slot(buffer, engine):
+    """The Weights that write_slot wrote into buffer (engine: one of the same
+    kind and sizes)."""
+    n_in, width = engine.sizes[0], 8 * engine.sizes[1]
+    if isinstance(engine, PackedNetwork):
+        layout = struct.Struct("%ds" % width)
+        first = [int.from_bytes(layout.unpack_from(buffer, i * width)[0], "little")
+                 for i in range(n_in)]
+    else:
+        layout = struct.Struct("%dd" % engine.sizes[1])
+        first = [list(layout.unpack_from(buffer, i * width)) for i in range(n_in)]
+    count = slot_size(engine.sizes) // 8 - n_in * engine.sizes[1]
+    return Weights(first, array.array("d", struct.unpack_from("%dd" % count, buffer,
+                                                              n_in * width)))
+
+
+def add_changes(engine, start, theirs):
+    """engine += theirs - start, weight by weight: another process's changes
+    since start, added to this one's (exactly, for the packed rows: integers)."""
+    rows = first_rows(engine)
+    for i, (row, before) in enumerate(zip(theirs.first, start.first)):
+        if row != before:                       # a row it never touched adds nothing
+            if isinstance(engine, PackedNetwork):
+                rows[i] += row - before
+            else:
+                mine = rows[i]
+                for j in range(len(mine)):
+                    mine[j] += row[j] - before[j]
+    later = later_values(engine)
+    for k, (value, before) in enumerate(zip(theirs.later, start.later)):
+        later[k] += value - before
+    set_later_values(engine, later)
+
+
+def first_response(engine, rows, b1, x):
+    """a1 = x @ W1 + b1, with rows as W1's rows, for x as engine.forward
+    holds it in inputs[0] (the packed engine's pixel bytes, or bytes / 255)."""
+    if isinstance(engine, PackedNetwork):                 # as PackedNetwork.forward
+        lanes = unpack_lanes(sum(map(operator.mul, x[1], map(rows.__getitem__, x[0]))),
+                             engine.n_first)
+        offsets = OFFSET * sum(x[1])
+        return [(lane - offsets) / (255 * SCALE) + b for lane, b in zip(lanes, b1)]
+    return layer_forward(x, rows, b1)
+
+
+def share_out(engine, start, n, x_mean, bound=None):
+    """Turn the sum of n processes' changes since start, which engine holds
+    (its own, and add_changes for each other one), into the round's result
+    (see above): along x_mean, the mean of the changes to the first layer;
+    in every later layer, the mean of the changes. For the packed engine,
+    bound may prove |W1| <= bound after the sum (None: none known)."""
+    if isinstance(engine, PackedNetwork):
+        # Unless bound proves the sum within range, count W1's range afresh
+        # (~10 ms): a lane pushed out of range shows as a weight far beyond
+        # the limit (or the integer goes negative), never as one within it.
+        if bound is None or bound > WEIGHT_LIMIT:
+            try:
+                bound = engine.max_abs_w1()
+            except OverflowError:
+                bound = math.inf
+        if bound > WEIGHT_LIMIT:
+            raise MnistError("training diverged: the processes' summed changes take first-layer "
+                             "weights past +-%d; lower the learning rate" % WEIGHT_LIMIT)
+        engine.weight_bound = bound
+    n_first = engine.sizes[1]
+    acts = engine.forward(x_mean)
+    x = acts.inputs[0]
+    moved = [after - before for after, before in zip(
+        first_response(engine, first_rows(engine), engine.biases[0], x),
+        first_response(engine, start.first, start.later[:n_first], x))]
+    length2 = 1.0 + sum((v / 255.0) ** 2 for v in x_mean)    # 1 + |x_mean|**2
+    deltas = [(list(range(n_first)), [m / length2 for m in moved])]
+    deltas += [([], [])] * (len(engine.sizes) - 2)      # later layers: no step here
+    engine.update(acts, deltas, (n - 1) / n)            # a1(x_mean) keeps 1/n of its move
+    later = later_values(engine)
+    for k in range(n_first, len(later)):
+        later[k] = start.later[k] + (later[k] - start.later[k]) / n
+    set_later_values(engine, later)
+
+
+def order_of(orders, n, seed, epoch):
+    """epoch_order, kept in the dict orders for the epoch at hand: a process
+    trains a share of it in every round."""
+    if epoch not in orders:
+        orders.clear()
+        orders[epoch] = epoch_order(n, seed, epoch)
+    return orders[epoch]
+
+
+def rest_changes(resting, images, before):
+    """[(image, until, confidence)] for those of images whose rest changed
+    since before (their `until` values then): what training them changed in
+    a Resting table, found without reading the whole table."""
+    return [(k, resting.until[k], resting.confidence[k])
+            for k, old in zip(images, before) if resting.until[k] != old]
+
+
+def serve_main_process(conn, slots, datasets, sizes, engine_name, recipe_fields,
+                       option_fields):
+    """worker_main's loop: train or test as told, send back the results. The
+    weights to start from are in slots[0], the main process's slot; a trained
+    share's weights go into slots[1], this helper's."""
     data = {name: Dataset(*pair) for name, pair in datasets.items()}
     empty = network_from([[[0.0] * n_out for _ in range(n_in)] for n_in, n_out in
                           zip(sizes, sizes[1:])], [[0.0] * n for n in sizes[1:]])
     engine = make_engine(empty, engine_name)
     recipe = Recipe(**recipe_fields)
     trainer = make_trainer(engine, Options(**option_fields), recipe.seed, data["train"])
+    orders, images, before = {}, [], []
+    looks = itertools.count(1)
+
+    def abort_sent():
+        """Whether the main process has said abort, looked at every POLL_EVERY
+        batches: a look costs as much as 5-10% of a cheap image on PyPy."""
+        return next(looks) % POLL_EVERY == 0 and conn.poll()
     while True:
-        command, args = conn.recv()
+        command, args, bound = conn.recv()
         if command == "quit":
             return
         if command == "abort":                          # came after this share was done
             continue
-        load_flat_weights(engine, array.array("d", conn.recv_bytes()))
+        set_weights(engine, read_slot(slots[0].buf, engine))
+        if bound is not None:
+            engine.weight_bound = bound                 # proven by the main process
         try:
             if command == "train":
                 epoch, start, stop, rested = args
+                order = order_of(orders, len(data["train"]), recipe.seed, epoch)
                 if trainer.resting is not None:
                     trainer.resting.apply(rested)
-                    before = list(trainer.resting.until)
+                    images = order[start:stop]
+                    before = [trainer.resting.until[k] for k in images]
                 stats = EpochStats(epoch + 1, learning_rate_at(recipe, epoch))
                 reached = train_share(trainer, data["train"], recipe, epoch, start, stop,
-                                      stats, halt=conn.poll)
+                                      stats, abort_sent, order=order)
                 if reached < stop:
                     conn.recv()                         # the abort that stopped it
                     conn.send(("aborted", None))
                     continue
-                rested = trainer.resting.changes(before) if trainer.resting is not None else []
-                conn.send(("trained", (dataclasses.astuple(stats), rested)))
-                conn.send_bytes(flat_weights(engine).tobytes())
+                rested = rest_changes(trainer.resting, images, before) if images else []
+                write_slot(slots[1].buf, engine)
+                conn.send(("trained", (dataclasses.astuple(stats), rested,
+                                       getattr(engine, "weight_bound", None))))
             else:                                       # "test"
                 name, start, stop = args
                 conn.send(("tested", answers(engine, data[name], start, stop)))
@@ -2079,7 +2279,7 @@ def serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option
             conn.send(("error", str(e)))
 
 
-def worker_main(conn, inherited, datasets, sizes, engine_name, recipe_fields, option_fields):
+def worker_main(conn, inherited, slot_names, *args):
     """A helper process: answers the main process's commands until told to
     quit, or until the main process is gone. Ctrl-C goes to the whole process
     group; a helper leaves it to the main process, which stops the helpers."""
@@ -2087,7 +2287,8 @@ def worker_main(conn, inherited, datasets, sizes, engine_name, recipe_fields, op
     for other_end in inherited:         # (see Helper)
         other_end.close()
     try:
-        serve_main_process(conn, datasets, sizes, engine_name, recipe_fields, option_fields)
+        slots = [multiprocessing.shared_memory.SharedMemory(name) for name in slot_names]
+        serve_main_process(conn, slots, *args)
     except (EOFError, OSError):                          # the main process is gone
         pass
 
@@ -2099,7 +2300,7 @@ class WorkerLost(MnistError):
 class Helper:
     """One helper process and the pipe to it."""
 
-    def __init__(self, context, number, earlier, args):
+    def __init__(self, context, number, earlier, slot_names, args):
         self.number = number
         self.conn, child = context.Pipe()
         # A process started by fork inherits every open pipe end of this one:
@@ -2110,15 +2311,18 @@ class Helper:
         if context.get_start_method() != "fork":
             inherited = []                    # spawn and forkserver inherit nothing
         self.process = context.Process(target=worker_main, daemon=True,
-                                       args=(child, inherited) + args,
+                                       args=(child, inherited, slot_names) + args,
                                        name="mnist_pure worker %d" % number)
         self.process.start()
         child.close()
 
-    def send(self, command, args, blob=None):
-        self.conn.send((command, args))
-        if blob is not None:
-            self.conn.send_bytes(blob)
+    def send(self, command, args, bound=None):
+        """A command to the helper; WorkerLost if it is gone (between two
+        rounds, say: a round is short)."""
+        try:
+            self.conn.send((command, args, bound))
+        except OSError:                     # BrokenPipeError, ConnectionResetError
+            raise self.lost()
 
     def lost(self):
         """WorkerLost, saying how the process ended."""
@@ -2130,20 +2334,34 @@ class Helper:
 
 
 class Workers:
-    """N processes training and testing together: this one and N - 1 helpers."""
+    """N processes training and testing together: this one and N - 1 helpers,
+    each with a slot of shared memory for its weights (slots[0] is this
+    process's). close() removes the slots; if this process is killed outright,
+    multiprocessing's resource tracker removes them."""
 
     def __init__(self, n, datasets, sizes, engine_name, recipe, options, start_method=None):
+        if options.use_optimizer():
+            raise MnistError("--workers shares out plain and mini-batch SGD; momentum, Adam "
+                             "and weight decay keep a state for every weight, which runs "
+                             "with --workers 1")
         context = multiprocessing.get_context(start_method)
         args = ({name: (d.images, d.labels) for name, d in datasets.items()}, list(sizes),
                 engine_name, dataclasses.asdict(recipe), dataclasses.asdict(options))
-        self.helpers, self.shared_until = [], None
+        self.helpers, self.slots = [], []
+        self.orders, self.unsent = {}, None     # None: the helpers know no rests yet
+        self.size = n
+        self.x_mean = mean_image(datasets["train"])
+        tag = "mnist_pure_%d_%s" % (os.getpid(), os.urandom(4).hex())
         try:
+            for k in range(n):
+                self.slots.append(multiprocessing.shared_memory.SharedMemory(
+                    "%s_%d" % (tag, k), create=True, size=slot_size(sizes)))
             for number in range(1, n):
-                self.helpers.append(Helper(context, number, list(self.helpers), args))
+                names = (self.slots[0].name, self.slots[number].name)
+                self.helpers.append(Helper(context, number, list(self.helpers), names, args))
         except BaseException:
             self.close()
             raise
-        self.size = n
 
     def shares(self, start, end, batch):
         """[start, end) cut in self.size consecutive shares, whole batches each."""
@@ -2151,6 +2369,12 @@ class Workers:
         size = -(-size // batch) * batch
         return [(min(end, start + k * size), min(end, start + (k + 1) * size))
                 for k in range(self.size)]
+
+    def publish(self, engine):
+        """Put engine's weights where the helpers read them; the packed
+        engine's proven bound on |W1|, which goes with them (or None)."""
+        write_slot(self.slots[0].buf, engine)
+        return getattr(engine, "weight_bound", None)
 
     def collect(self, busy, stop, patience, on_stop):
         """{helper: its reply} from every busy helper; WorkerLost if one dies
@@ -2165,8 +2389,6 @@ class Workers:
                 if helper.conn.poll():
                     try:
                         replies[helper] = helper.conn.recv()
-                        if replies[helper][0] == "trained":
-                            replies[helper] += (helper.conn.recv_bytes(),)
                     except (EOFError, OSError):
                         raise helper.lost()
                     if replies[helper][0] == "error":
@@ -2182,58 +2404,76 @@ class Workers:
         return replies
 
     def train_round(self, trainer, data, recipe, epoch, start, end, stats, stop, progress=None):
-        """Train images start..end of the epoch, shared out; average the weights
-        into trainer's engine and count the round into stats. Returns end, or
-        start if stop was requested (the round is then undone, so that the run
-        resumes exactly from its beginning)."""
+        """Train images start..end of the epoch, shared out; combine the
+        processes' changes into trainer's engine (see above) and count the
+        round into stats. Returns end, or start if stop was requested (the
+        round is then undone, so that the run resumes exactly from its
+        beginning; likewise, before WorkerLost or another error goes up)."""
         engine, resting = trainer.model, trainer.resting
-        blob = flat_weights(engine).tobytes()
+        before, bound = copy_weights(engine), self.publish(engine)
         shares = self.shares(start, end, trainer.options.batch_size)
-        rested = []                         # what rests, as this process knows it
+        order = order_of(self.orders, len(data), recipe.seed, epoch)
+        rested, images = [], []             # what rests that the helpers do not know
         if resting is not None:
-            rested = resting.changes(self.shared_until or [0] * len(resting.until))
-            saved = list(resting.until), list(resting.confidence)
-        for helper, (a, b) in zip(self.helpers, shares[1:]):
-            helper.send("train", (epoch, a, b, rested), blob)
-        own = EpochStats(stats.epoch, stats.learning_rate)
-        clock = time.monotonic()
-        first, last = shares[0]
-        report = None if progress is None else (
-            lambda position: progress(start + (position - first) * self.size))
-        reached = train_share(trainer, data, recipe, epoch, first, last, own,
-                              lambda: stop.requested, report)
+            rested = self.unsent
+            if rested is None:
+                rested = resting.changes([0] * len(resting.until))
+            images = order[start:end]
+            saved = [(k, resting.until[k], resting.confidence[k]) for k in images]
+
+        def undo():
+            set_weights(engine, before)
+            if bound is not None:
+                engine.weight_bound = bound
+            for k, until, confidence in (saved if resting is not None else []):
+                resting.until[k], resting.confidence[k] = until, confidence
+            return start
 
         def abort():
             for helper in self.helpers:
                 helper.send("abort", None)
-        if reached < last:
-            abort()
-        patience = WORKER_PATIENCE + 10 * (time.monotonic() - clock)
-        replies = self.collect(self.helpers, stop, patience, abort)
-        if any(reply[0] == "aborted" for reply in replies.values()) or reached < last:
-            load_flat_weights(engine, array.array("d", blob))
-            if resting is not None:
-                resting.until[:], resting.confidence[:] = saved
-            return start
-        flats = [flat_weights(engine)] + [array.array("d", replies[h][2]) for h in self.helpers]
-        load_flat_weights(engine, mean_of(flats))
+        try:
+            for helper, (a, b) in zip(self.helpers, shares[1:]):
+                helper.send("train", (epoch, a, b, rested), bound)
+            own = EpochStats(stats.epoch, stats.learning_rate)
+            clock = time.monotonic()
+            first, last = shares[0]
+            report = None if progress is None else (
+                lambda position: progress(start + (position - first) * self.size))
+            reached = train_share(trainer, data, recipe, epoch, first, last, own,
+                                  lambda: stop.requested, report, order)
+            if reached < last:
+                abort()
+            patience = WORKER_PATIENCE + 10 * (time.monotonic() - clock)
+            replies = self.collect(self.helpers, stop, patience, abort)
+            if any(reply[0] == "aborted" for reply in replies.values()) or reached < last:
+                return undo()
+            summed = None
+            if bound is not None:       # |W + sum of (W_k - W)| <= |W_1| + sum of (|W_k| + |W|)
+                summed = engine.weight_bound + sum(replies[h][1][2] + bound for h in self.helpers)
+            for helper in self.helpers:
+                add_changes(engine, before, read_slot(self.slots[helper.number].buf, engine))
+            share_out(engine, before, self.size, self.x_mean, summed)
+        except BaseException:
+            undo()
+            raise
         stats.add(own)
         for helper in self.helpers:
-            figures, their_rested = replies[helper][1]
+            figures, their_rested, _ = replies[helper][1]
             stats.add(EpochStats(*figures))
             if resting is not None:
                 resting.apply(their_rested)
-        if resting is not None:
-            self.shared_until = saved[0]    # helpers know that much; send the rest next time
+        if resting is not None:             # the helpers learn this round's rests next time
+            self.unsent = rest_changes(resting, images, [until for _, until, _ in saved])
         return end
 
     def answers(self, engine, name, data, progress=None):
         """answers() over all of data, shared out (data is the dataset the
         helpers know by name)."""
-        blob = flat_weights(engine).tobytes()
+        bound = self.publish(engine)
         shares = self.shares(0, len(data), 1)
         for helper, (a, b) in zip(self.helpers, shares[1:]):
-            helper.send("test", (name, a, b), blob)
+            helper.send("test", (name, a, b), bound)
         first, last = shares[0]
         report = None if progress is None else (
             lambda k: progress(k * self.size, len(data)))
@@ -2245,11 +2485,11 @@ class Workers:
         return guesses, confidences
 
     def close(self):
-        """Stop every helper; none is left behind."""
+        """Stop every helper, none left behind, and remove the shared memory."""
         for helper in self.helpers:
             try:
-                helper.send("quit", None)
-            except OSError:
+                helper.conn.send(("quit", None, None))
+            except OSError:                 # it is gone already
                 pass
         for helper in self.helpers:
             helper.process.join(2.0)
@@ -2258,6 +2498,10 @@ class Workers:
                 helper.process.join(2.0)
             helper.conn.close()
         self.helpers = []
+        for slot in self.slots:
+            slot.close()
+            slot.unlink()
+        self.slots = []
 
 
 # =============================================================================
@@ -2635,7 +2879,9 @@ def train_epoch(trainer, data, recipe, state, stop, progress=None, workers=None)
             state.position = train_share(trainer, data, recipe, epoch, state.position,
                                          len(data), stats, lambda: stop.requested, bar)
         while workers is not None and state.position < len(data) and not stop.requested:
-            end = min(len(data), state.position + workers.size * ROUND_IMAGES)
+            previous = state.history[-1] if state.history else None
+            end = min(len(data), state.position +
+                      round_images(stats, previous, trainer.options.batch_size))
             state.position = workers.train_round(trainer, data, recipe, epoch, state.position,
                                                  end, stats, stop, bar)
     finally:
@@ -5981,6 +6227,9 @@ def check_usage(parser, args, settings):
         if getattr(settings, field) and field not in uses:
             parser.error("%s does not apply to --optimizer %s" % (option_name(field),
                                                                    settings.optimizer))
+    if settings.workers > 1 and settings.options().use_optimizer():
+        parser.error("--workers shares out plain and mini-batch SGD; momentum, Adam and weight "
+                     "decay keep a state for every weight: use them with --workers 1")
 
 
 def settings_from_args(parser, args, environ):
