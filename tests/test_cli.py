@@ -643,8 +643,8 @@ class GoingOnTests(TemporaryFolder):
 
 class ResumeWithAnotherOptimizerTests(TemporaryFolder):
     def train(self, *options):
-        run = run_main("--max-train", "500", "--max-test", "100", "--epochs", "1", "--quiet",
-                       "--show", "0", "--momentum", "0.9", *options)
+        run = run_main("--max-train", "300", "--max-test", "100", "--epochs", "1", "--quiet",
+                       "--show", "0", "--hidden", "32", "--momentum", "0.9", *options)
         self.assertEqual(run.code, 0, run.err)
 
     def test_a_model_file_resumes_with_the_optimizer_started_afresh_and_says_so(self):

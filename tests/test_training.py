@@ -259,8 +259,8 @@ class OptimizerResumeTests(unittest.TestCase):
     """Each optimizer, stopped and resumed through a checkpoint file, ends as the
     unbroken run does, weight for weight: its state is in the checkpoint."""
     OPTIONS = (dict(momentum=0.9), dict(momentum=0.9, nesterov=True, weight_decay=1e-3),
-               dict(optimizer="adam"), dict(weight_decay=1e-3), dict(dropout=0.3, batch_size=5))
-
+               dict(optimizer="adam"), dict(weight_decay=1e-3), dict(dropout=0.3))
+    SMALL = dict(batch_size=7, hidden=(32,))     # several steps an epoch, and quick
     def resumed(self, settings, engine, state, epochs):
         """engine and state through a checkpoint file, then trained on to `epochs`."""
         train, _ = mnist()
@@ -274,21 +274,23 @@ class OptimizerResumeTests(unittest.TestCase):
 
     def test_stopped_after_an_epoch(self):
         for fields in self.OPTIONS:
+            fields = dict(fields, **self.SMALL)
             for engine in ("packed", "lists"):
-                whole, _ = train_run(300, epochs=2, engine=engine, **fields)
-                part, state = train_run(300, epochs=1, engine=engine, **fields)
-                settings = m.Settings(max_train=300, epochs=1, engine=engine, augment="", **fields)
-                settings.choose_defaults(300)
+                whole, _ = train_run(150, epochs=2, engine=engine, **fields)
+                part, state = train_run(150, epochs=1, engine=engine, **fields)
+                settings = m.Settings(max_train=150, epochs=1, engine=engine, augment="", **fields)
+                settings.choose_defaults(150)
                 part = self.resumed(settings, part, state, 2)
                 self.assertEqual(weights(part), weights(whole), (fields, engine))
 
     def test_stopped_inside_an_epoch(self):
         for fields in self.OPTIONS:
-            whole, _ = train_run(600, epochs=2, **fields)
-            part, state = train_run(600, epochs=2, stop_after=2, **fields)
+            fields = dict(fields, **self.SMALL)
+            whole, _ = train_run(300, epochs=2, **fields)
+            part, state = train_run(300, epochs=2, stop_after=1, **fields)
             self.assertEqual((state.epoch, state.position > 0), (0, True))
-            settings = m.Settings(max_train=600, epochs=2, engine="packed", augment="", **fields)
-            settings.choose_defaults(600)
+            settings = m.Settings(max_train=300, epochs=2, engine="packed", augment="", **fields)
+            settings.choose_defaults(300)
             part = self.resumed(settings, part, state, 2)
             self.assertEqual(weights(part), weights(whole), fields)
 
