@@ -178,7 +178,7 @@ def time_per_image(train, n_images):
                        train, resting)
 
     def forwards(trainer):                           # epoch_steps' path for a mastered image
-        trainer.start(0, start)
+        trainer.start(0, start, recipe.learning_rate)
         started = time.perf_counter()
         for position in range(start, start + n_images):
             image, label = train[order[position]]
