@@ -2786,7 +2786,9 @@ class Settings:
         if self.augment:
             plain = min(DISTORTED_RATE, plain)
         rate = OPTIMIZERS[self.optimizer](self.options()).default_rate(plain, self.batch_size)
-        self.default_rate = float("%.3g" % rate)          # 0.0113, not 0.0113137
+        if rate != plain:          # a rate the rule made: 0.0113, not 0.0113137 (the plain
+            rate = float("%.3g" % rate)     # rate stays as measured: 0.0144337 at 60,000)
+        self.default_rate = rate
         if self.learning_rate is None:
             self.learning_rate = self.default_rate
 
