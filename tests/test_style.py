@@ -114,12 +114,13 @@ class LessonTests(unittest.TestCase):
                    "train, test = lesson.load_mnist(%r)\n"
                    "net = lesson.NeuralNetwork([784, 128, 10], seed=1)\n"
                    "lesson.train_until_mastery(net, train[:1000], epochs=5)\n"
-                   "print(lesson.test(net, test[:2000]))\n" % DATA)
+                   "print(lesson.test(net, test))\n" % DATA)
         done = subprocess.run([sys.executable, "-c", program], cwd=folder, timeout=600,
                               stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                               universal_newlines=True)
         self.assertEqual(done.returncode, 0, done.stderr)
-        self.assertGreaterEqual(float(done.stdout), 0.85)     # measured 88.8% (seed 1)
+        self.assertGreaterEqual(float(done.stdout), 0.85)     # measured 88.81% (seed 1; 85.2% on
+                                                              # the first 2,000 test images)
 
 
 class StandardLibraryTests(unittest.TestCase):
