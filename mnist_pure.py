@@ -1081,7 +1081,8 @@ class SGD:
     uses = ("momentum", "nesterov", "weight_decay")
 
     def __init__(self, options):
-        self.mu, self.nesterov, self.decay = options.momentum, options.nesterov, options.weight_decay
+        self.mu, self.nesterov = options.momentum, options.nesterov
+        self.decay = options.weight_decay
         self.state_names = ("velocity",) if self.mu else ()
         self.needs_weights = self.decay > 0
 
@@ -2785,7 +2786,8 @@ class Settings:
         plain = default_learning_rate(n_train)
         if self.augment:
             plain = min(DISTORTED_RATE, plain)
-        rate = OPTIMIZERS[self.optimizer](self.options()).default_rate(plain, self.batch_size)
+        batch = min(self.batch_size, max(n_train, 1))   # a batch past the set is the set
+        rate = OPTIMIZERS[self.optimizer](self.options()).default_rate(plain, batch)
         if rate != plain:          # a rate the rule made: 0.0113, not 0.0113137 (the plain
             rate = float("%.3g" % rate)     # rate stays as measured: 0.0144337 at 60,000)
         self.default_rate = rate
@@ -6003,7 +6005,7 @@ def build_parser():
         description=__doc__.split("\n\n")[0] + "\n\n" + __doc__.split("\n\n")[1])
     data = parser.add_argument_group("data")
     data.add_argument("--max-train", type=whole_number(1), metavar="N",
-                      help="training images to use (default %s, all: 60000)"
+                      help="training images to use (default %s, all: 60,000)"
                            % format(DEFAULT_MAX_TRAIN, ","))
     data.add_argument("--max-test", type=whole_number(1), metavar="N",
                       help="test images to score on (default %s, all of them)"
@@ -6080,7 +6082,8 @@ def build_parser():
     files.add_argument("--resume", metavar="PATH",
                        help="continue training a saved model or checkpoint")
     files.add_argument("--checkpoint", metavar="PATH", help="save a checkpoint after every epoch "
-                       "(Ctrl-C saves one too; default checkpoint.safetensors)")
+                       "(Ctrl-C saves one too, to PATH or else to checkpoint.safetensors "
+                       "beside the script)")
     output = parser.add_argument_group("output")
     output.add_argument("--quiet", action="store_true", help="no progress bars")
     output.add_argument("--json", action="store_true",
@@ -6222,13 +6225,13 @@ def check_usage(parser, args, settings):
                          ("--plot-weights", settings.plot_weights)):
         if path and not path.lower().endswith(".png"):
             parser.error("%s: the file name must end in .png, not %r" % (option, path))
-    if args.nesterov and not settings.momentum:
-        parser.error("--nesterov needs --momentum M")
     uses = OPTIMIZERS[settings.optimizer].uses
     for field in ("momentum", "nesterov", "weight_decay"):
         if getattr(settings, field) and field not in uses:
             parser.error("%s does not apply to --optimizer %s" % (option_name(field),
                                                                    settings.optimizer))
+    if args.nesterov and not settings.momentum:
+        parser.error("--nesterov needs --momentum M")
     if settings.workers > 1 and settings.options().use_optimizer():
         parser.error("--workers shares out plain and mini-batch SGD; momentum, Adam and weight "
                      "decay keep a state for every weight: use them with --workers 1")
@@ -6353,8 +6356,10 @@ def starting_point(settings, given, console):
                          % (" ".join(option_words(field, getattr(settings, field))),
                             settings.optimizer))
             setattr(settings, field, getattr(Settings(), field))
-    if any(field in given and getattr(settings, field) != recipe.get(field)
-           for field in ("optimizer", "momentum", "nesterov", "weight_decay")):
+    changed = any(field in given and getattr(settings, field) != recipe.get(field)
+                  for field in ("optimizer", "momentum", "nesterov", "weight_decay"))
+    saved_state = state.optimizer is not None
+    if changed:
         state.optimizer = None                    # another optimizer: its state starts afresh
     if "learning_rate" not in given and any(
             field in given and getattr(settings, field) != recipe.get(field)
@@ -6363,9 +6368,9 @@ def starting_point(settings, given, console):
         console.note("note: the learning rate is chosen afresh for these settings (the "
                      "saved %s was for the saved ones)" % " ".join(option_words(
                          "learning_rate", recipe["learning_rate"])))
-    if state.optimizer is None and settings.options().use_optimizer():
-        console.note("note: the optimizer's state starts afresh (%s holds none for these "
-                     "settings; a checkpoint of the same run would)" % settings.resume)
+    if not saved_state and not changed and settings.options().use_optimizer():
+        console.note("note: the optimizer's state starts afresh (%s is a model file, which "
+                     "holds none; a checkpoint would)" % settings.resume)
     return network, state
 
 
@@ -6379,7 +6384,7 @@ def describe_options(settings):
     if settings.augment:
         words.append("%s distortions" % settings.augment)
     if settings.batch_size > 1:
-        words.append("mini-batches of %d" % settings.batch_size)
+        words.append("mini-batches of %s" % format(settings.batch_size, ","))
     if settings.optimizer == "adam":
         words.append("Adam")
     if settings.momentum:
@@ -6409,7 +6414,7 @@ def describe_run(settings, n_train, n_test, state):
     if state.position:
         lines.append("resuming in epoch %d at image %s" % (state.epoch + 1,
                                                           format(state.position, ",")))
-    elif state.epoch:
+    elif state.epoch and state.epoch < settings.epochs:
         lines.append("resuming after epoch %d" % state.epoch)
     if settings.plot and not settings.test_each_epoch:
         lines.append("note: --plot scores the test set after every epoch, for its curves "
@@ -6590,11 +6595,18 @@ NO_BETTER = 2.0 / N_DIGITS     # under 20% right: no better than guessing, near 
 # fresh network's first few hundred answers are guesses, however well it learns)
 
 
+STRONG_DECAY = 0.1           # decay x rate x 125 steps: a tenth of every weight an epoch
+WEIGHT_DECAY_TO_TRY = 1e-4   # the README's measured weight decay
+
+
 def rate_advice(settings):
     """What to try when a run did not learn: 'the learning rate 5 is too large:
     try --lr 0.02'. The rate the recipe would choose, or if it is that already,
     a third of it (a rate too large is by far the usual cause)."""
     rate, default = settings.learning_rate, settings.default_rate
+    if settings.weight_decay * rate * EPOCH_STEPS > STRONG_DECAY:
+        return ("--weight-decay %g shrinks the weights faster than they learn: try "
+                "--weight-decay %g" % (settings.weight_decay, WEIGHT_DECAY_TO_TRY))
     if rate < default:
         return "the learning rate %g may be too small: try --lr %.3g" % (rate, default)
     return "the learning rate %g is too large: try --lr %.3g" % (
@@ -6662,6 +6674,7 @@ def train_and_report(settings, console, engine, datasets, state, workers):
     validation = held_out is not None
     bar = None if settings.quiet else ProgressBar(console.err, "epoch %d" % (state.epoch + 1))
     test_each_epoch = settings.test_each_epoch or bool(settings.plot)
+    warned = []                                         # the epoch that "learned nothing"
 
     def on_epoch(stats, engine):
         if bar:
@@ -6670,7 +6683,10 @@ def train_and_report(settings, console, engine, datasets, state, workers):
             stats.test_accuracy = test_with_bar(settings, console, engine, test_set,
                                                 workers).accuracy
         console.say(format_epoch_row(stats, validation))
-        if stats.train_accuracy < NO_BETTER and (stats.epoch > 1 or stats.seen >= 2000):
+        steps = stats.epoch * -(-stats.seen // settings.batch_size)     # steps so far, about
+        if (stats.train_accuracy < NO_BETTER and (stats.epoch > 1 or stats.seen >= 2000)
+                and steps >= EPOCH_STEPS and not warned):
+            warned.append(stats.epoch)                  # one warning is enough
             warn_or_stop(settings, console, "epoch %d learned nothing: %.1f%% of its images "
                          "right, as good as guessing" % (stats.epoch, 100 * stats.train_accuracy))
         if settings.checkpoint:
@@ -6712,9 +6728,16 @@ def run_training(settings, given, console):
         raise MnistError("%s stopped at image %d of an epoch, but there are %d training images"
                          % (settings.resume, state.position, len(train)))
     settings.choose_defaults(len(train))
+    steps = len(train) // settings.batch_size
     if settings.batch_size > len(train):
         console.note("note: a batch of %s is more than the %s training images: one step an "
                      "epoch" % (format(settings.batch_size, ","), format(len(train), ",")))
+    elif steps < EPOCH_STEPS and settings.batch_size > optimizer_batch(len(train), 64):
+        console.note("note: batches of %d leave %d steps an epoch; on a small set, fewer than "
+                     "%d learned less (batches of %d here would give %d)" % (
+                         settings.batch_size, steps, EPOCH_STEPS,
+                         optimizer_batch(len(train), settings.batch_size),
+                         len(train) // optimizer_batch(len(train), settings.batch_size)))
     engine = make_engine(network, settings.engine_name())
     for line in describe_run(settings, len(train), len(test_set), state):
         console.say(line)

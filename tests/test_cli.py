@@ -166,6 +166,13 @@ class UsageTests(unittest.TestCase):
         for bad in ("0", "-0.1", "nan", "inf", "fast"):
             self.assert_usage_error("--lr", bad, fragment="--lr")
 
+    def test_an_option_another_optimizer_has_is_refused_naming_the_optimizer(self):
+        self.assert_usage_error("--optimizer", "adam", "--nesterov",
+                                fragment="--nesterov does not apply to --optimizer adam")
+        self.assert_usage_error("--optimizer", "adam", "--momentum", "0.9",
+                                fragment="--momentum does not apply to --optimizer adam")
+        self.assert_usage_error("--nesterov", fragment="--nesterov needs --momentum M")
+
     def test_an_unknown_engine_is_refused(self):
         self.assert_usage_error("--engine", "turbo", fragment="turbo")
 
@@ -599,6 +606,7 @@ class GoingOnTests(TemporaryFolder):
         fewer = run_main("--resume", model, "--epochs", "1", *TINY)     # all it asked for
         self.assertEqual(fewer.code, 0, fewer.err)
         self.assertIn("has trained the 1 epoch asked for; testing it", fewer.err)
+        self.assertNotIn("resuming", fewer.out)                 # it trains nothing
         more = run_main("--resume", model, "--epochs", "2", *TINY)
         self.assertEqual(more.code, 0, more.err)
         self.assertIn("resuming after epoch 1", more.out)
@@ -640,6 +648,22 @@ class GoingOnTests(TemporaryFolder):
                        "--max-test", "100", "--quiet", "--show", "0")
         self.assertNotIn("a batch of", run.err)
 
+    def test_a_batch_past_the_set_takes_the_rate_of_the_whole_set(self):
+        settings = m.Settings(batch_size=5000, augment="")
+        settings.choose_defaults(2000)
+        self.assertEqual(settings.learning_rate, float("%.3g" % (0.03 * 2000 ** 0.5)))
+
+    def test_batches_that_leave_a_small_set_few_steps_an_epoch_get_a_note(self):
+        run = run_main("--batch-size", "32", "--max-train", "2000", "--epochs", "1",
+                       "--max-test", "100", "--quiet", "--show", "0")
+        self.assertEqual(run.code, 0, run.err)
+        self.assertIn("note: batches of 32 leave 62 steps an epoch; on a small set, fewer than "
+                      "125 learned less (batches of 16 here would give 125)", run.err)
+        for options in (("--batch-size", "16"), ("--momentum", "0.9")):    # 125 steps
+            run = run_main(*options, "--max-train", "2000", "--epochs", "1", "--max-test", "100",
+                           "--quiet", "--show", "0")
+            self.assertNotIn("steps an epoch", run.err, options)
+
 
 class ResumeWithAnotherOptimizerTests(TemporaryFolder):
     def train(self, *options):
@@ -652,7 +676,8 @@ class ResumeWithAnotherOptimizerTests(TemporaryFolder):
         self.train("--save", model)
         run = run_main("--resume", model, "--epochs", "2", "--quiet", "--show", "0")
         self.assertEqual(run.code, 0, run.err)
-        self.assertIn("note: the optimizer's state starts afresh", run.err)
+        self.assertIn("note: the optimizer's state starts afresh (%s is a model file, which "
+                      "holds none; a checkpoint would)" % model, run.err)
 
     def test_another_optimizer_takes_its_own_rate_and_drops_what_it_does_not_use(self):
         checkpoint = os.path.join(self.folder, "c.safetensors")
@@ -662,6 +687,7 @@ class ResumeWithAnotherOptimizerTests(TemporaryFolder):
         self.assertEqual(run.code, 0, run.err)
         self.assertIn("--momentum 0.9 does not apply to --optimizer adam", run.err)
         self.assertIn("the learning rate is chosen afresh", run.err)
+        self.assertNotIn("state starts afresh", run.err)          # another optimizer: of course
         summary = json.loads(run.out.strip().splitlines()[-1])
         self.assertEqual((summary["optimizer"], summary["momentum"], summary["learning_rate"]),
                          ("adam", 0.0, 0.001))
@@ -679,6 +705,18 @@ class CannotLearnTests(unittest.TestCase):
             assert_one_line_error(self, run.err, "learning rate 5 is too large",
                                   "try --lr 0.02")
             self.assertNotIn("--save", run.err + run.out)
+
+    def test_too_strong_a_weight_decay_is_named_as_the_cause_and_warned_of_once(self):
+        run = run_main("--max-train", "2000", "--max-test", "300", "--epochs", "3",
+                       "--weight-decay", "0.5", "--quiet", "--show", "0")
+        self.assertEqual(run.code, 0, run.err)
+        advice = "--weight-decay 0.5 shrinks the weights faster than they learn: try " \
+                 "--weight-decay 0.0001"
+        nothing = [line for line in run.err.splitlines() if "learned nothing" in line]
+        self.assertEqual(len(nothing), 1, run.err)             # epochs 2 and 3: warned once
+        self.assertRegex(nothing[0], r"^warning: epoch 2 learned nothing: [\d.]+% of its images "
+                                     r"right, as good as guessing; " + re.escape(advice) + "$")
+        self.assertIn("warning: this network reads no better than guessing; " + advice, run.err)
 
     def test_too_small_a_rate_warns_and_does_not_suggest_keeping_the_model(self):
         run = run_main("--max-train", "2000", "--max-test", "300", "--epochs", "2",
