@@ -707,8 +707,8 @@ class CannotLearnTests(unittest.TestCase):
             self.assertNotIn("--save", run.err + run.out)
 
     def test_too_strong_a_weight_decay_is_named_as_the_cause_and_warned_of_once(self):
-        run = run_main("--max-train", "2000", "--max-test", "300", "--epochs", "3",
-                       "--weight-decay", "0.5", "--quiet", "--show", "0")
+        run = run_main("--max-train", "2000", "--max-test", "100", "--epochs", "3",
+                       "--hidden", "16", "--weight-decay", "0.5", "--quiet", "--show", "0")
         self.assertEqual(run.code, 0, run.err)
         advice = "--weight-decay 0.5 shrinks the weights faster than they learn: try " \
                  "--weight-decay 0.0001"

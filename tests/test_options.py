@@ -406,15 +406,17 @@ class DropoutTests(unittest.TestCase):
 class LearningTests(unittest.TestCase):
     """Every option, at its own defaults (batch and rate chosen by section
     10's rule), trains 2,000 images for 2 epochs to more than 80% on the full
-    test set. (Measured on PyPy, seed 1: batches of 16 86.6%; momentum 84.8%,
-    Adam 87.4%, weight decay 86.5%, in their batches of 16; dropout 85.5%;
-    shift 80.3%, affine 81.7%, elastic 82.5%, thickness 86.6%.) Resting sure
-    images, a speed trick, is off: it is measured on its own (test_training)."""
+    test set: the optimizers and dropout on a 784-64-10 network (quicker;
+    measured, CPython, seed 1: batches of 16 84.7%; momentum 84.8%, Adam
+    87.1%, weight decay 84.8%, in their batches of 16; dropout 84.9%), the
+    distortions on 784-128-10 (PyPy, seed 1: shift 80.3%, affine 81.7%,
+    elastic 82.5%, thickness 86.6%). Resting sure images, a speed trick, is
+    off: it is measured on its own (test_training)."""
 
-    def check(self, **fields):
+    def check(self, hidden=(64,), **fields):
         train, test = mnist()
         fields.setdefault("augment", "")
-        settings = m.Settings(max_train=2000, epochs=2, rest_sure=False, **fields)
+        settings = m.Settings(max_train=2000, epochs=2, rest_sure=False, hidden=hidden, **fields)
         settings.choose_defaults(2000)
         engine = m.make_engine(m.NeuralNetwork(settings.sizes(), 1), settings.engine_name())
         engine = m.fit(engine, train[:2000], None, settings, m.TrainingState(), m.StopFlag())
@@ -437,7 +439,7 @@ class LearningTests(unittest.TestCase):
 
     def test_each_distortion_at_the_rate_the_tool_chooses_for_it(self):
         for name in m.DISTORTIONS:
-            self.check(augment=name)
+            self.check(hidden=(128,), augment=name)
 
 
 if __name__ == "__main__":
