@@ -654,14 +654,14 @@ class GoingOnTests(TemporaryFolder):
         self.assertEqual(settings.learning_rate, float("%.3g" % (0.03 * 2000 ** 0.5)))
 
     def test_batches_that_leave_a_small_set_few_steps_an_epoch_get_a_note(self):
-        run = run_main("--batch-size", "32", "--max-train", "2000", "--epochs", "1",
-                       "--max-test", "100", "--quiet", "--show", "0")
+        quick = ("--max-train", "2000", "--epochs", "1", "--max-test", "100", "--hidden", "8",
+                 "--no-augment", "--quiet", "--show", "0")
+        run = run_main("--batch-size", "32", *quick)
         self.assertEqual(run.code, 0, run.err)
         self.assertIn("note: batches of 32 leave 62 steps an epoch; on a small set, fewer than "
                       "125 learned less (batches of 16 here would give 125)", run.err)
         for options in (("--batch-size", "16"), ("--momentum", "0.9")):    # 125 steps
-            run = run_main(*options, "--max-train", "2000", "--epochs", "1", "--max-test", "100",
-                           "--quiet", "--show", "0")
+            run = run_main(*options, *quick)
             self.assertNotIn("steps an epoch", run.err, options)
 
 
