@@ -5824,6 +5824,9 @@ def serve_digits(network, metadata, console, source="", host="127.0.0.1", port=8
         server.model["architecture"], " of %s" % source if source else "",
         " (test accuracy %.2f%%)" % (100 * accuracy) if accuracy is not None else "", url))
     console.say("open it in a browser and draw a digit; Ctrl-C stops the server")
+    # Ctrl-C raises KeyboardInterrupt here even in a process started with it
+    # ignored (a shell's background job), as it stops training there too.
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
     try:
         if open_browser:
             open_in_browser(url, console)
@@ -5833,6 +5836,7 @@ def serve_digits(network, metadata, console, source="", host="127.0.0.1", port=8
         return 130
     finally:
         server.server_close()
+        signal.signal(signal.SIGINT, previous)
     return 0
 
 

@@ -604,11 +604,20 @@ class CommandTests(unittest.TestCase):
             assert_one_line_error(self, run.err, "--port")
 
     def test_serve_prints_its_address_answers_and_stops_on_ctrl_c_with_130(self):
+        self.serve_and_stop(ignoring_ctrl_c=False)
+
+    def test_serve_stops_on_ctrl_c_even_when_started_with_ctrl_c_ignored(self):
+        self.serve_and_stop(ignoring_ctrl_c=True)        # as a shell's background job is
+
+    def serve_and_stop(self, ignoring_ctrl_c):
+        ignore = (lambda: signal.signal(signal.SIGINT, signal.SIG_IGN)) if ignoring_ctrl_c else None
         process = subprocess.Popen([sys.executable, SCRIPT, "serve", "--load", self.model,
                                     "--port", "0", "--allow-host", "mybox.local"],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                                   universal_newlines=True, cwd=self.folder)
+                                   universal_newlines=True, cwd=self.folder, preexec_fn=ignore)
         self.addCleanup(process.kill)
+        self.addCleanup(process.stdout.close)
+        self.addCleanup(process.stderr.close)
         ready, _, _ = select.select([process.stdout], [], [], 4 * TIMEOUT)
         first = process.stdout.readline() if ready else ""
         self.assertIn("(test accuracy 83.74%)", first)
