@@ -973,6 +973,8 @@ DISTORTIONS = {"shift": shift, "affine": affine, "elastic": elastic, "thickness"
 ADAM_BETA1, ADAM_BETA2, ADAM_EPSILON = 0.9, 0.999, 1e-8
 ADAM_HORIZON = 400           # (beta1 / sqrt(beta2))**400 < 1e-18: later steps add nothing
 EPOCH_STEPS = 125            # a default mini-batch leaves an epoch at least this many steps
+SGD_BATCH = 32               # the default mini-batch of momentum and weight decay
+ADAM_BATCH = 64              # and of Adam (see each optimizer's default_batch)
 
 
 def optimizer_batch(n_train, batch):
@@ -1091,7 +1093,7 @@ class SGD:
 
     def default_batch(self, n_train):
         """Plain SGD one image a step; with momentum or decay, batches of 32."""
-        return optimizer_batch(n_train, 32) if self.mu or self.decay else 1
+        return optimizer_batch(n_train, SGD_BATCH) if self.mu or self.decay else 1
 
     def step(self, w, state, g, rate, t):
         shrinking = -rate * self.decay                  # keep - 1
@@ -1137,7 +1139,7 @@ class Adam:
         """Batches of 64: its step costs the most per row (a square root and a
         division per weight), and it learns as well in them (10,000 images, 5
         epochs, seed 1: 94.15% in batches of 32, 93.35% in 64)."""
-        return optimizer_batch(n_train, 64)
+        return optimizer_batch(n_train, ADAM_BATCH)
 
     def step(self, w, state, g, rate, t):
         b1, b2, sqrt = ADAM_BETA1, ADAM_BETA2, math.sqrt
@@ -1178,8 +1180,9 @@ class Adam:
             self.sums[k] = (total, weighted / total)
         total, floor = self.sums[k]
         m, s, sqrt = state[0], state[1], math.sqrt
-        step = [a / (sqrt(b) + floor) for a, b in zip(m, s)]
-        return (moved(-rate * total, step, keep ** k - 1.0, w),
+        factor = -rate * total                          # in the same pass as the step
+        change = [factor * (a / (sqrt(b) + floor)) for a, b in zip(m, s)]
+        return (moved(1.0, change, keep ** k - 1.0, w),
                 [scaled(b1 ** k, m), scaled(b2 ** k, s)])
 
 
@@ -6056,8 +6059,9 @@ def build_parser():
                       help="no distortions, whatever the number of images")
     more.add_argument("--batch-size", type=whole_number(1), metavar="B",
                       help="mini-batches: one step per B images, the rate x sqrt(B) (default "
-                           "1; 32 with momentum or weight decay, 64 with Adam, fewer for a "
-                           "small set: at least %d steps an epoch)" % EPOCH_STEPS)
+                           "1; %d with momentum or weight decay, %d with Adam, fewer for a "
+                           "small set: at least %d steps an epoch)"
+                           % (SGD_BATCH, ADAM_BATCH, EPOCH_STEPS))
     more.add_argument("--momentum", type=number_in(0.0, 0.999), metavar="M",
                       help="heavy-ball momentum, e.g. 0.9, the rate x (1 - M) (default 0: none)")
     more.add_argument("--nesterov", action="store_true", help="Nesterov momentum")
@@ -6736,12 +6740,12 @@ def run_training(settings, given, console):
     if settings.batch_size > len(train):
         console.note("note: a batch of %s is more than the %s training images: one step an "
                      "epoch" % (format(settings.batch_size, ","), format(len(train), ",")))
-    elif steps < EPOCH_STEPS and settings.batch_size > optimizer_batch(len(train), 64):
+    elif steps < EPOCH_STEPS and settings.batch_size > optimizer_batch(len(train), ADAM_BATCH):
+        fewer = optimizer_batch(len(train), settings.batch_size)
         console.note("note: batches of %d leave %d steps an epoch; on a small set, fewer than "
                      "%d learned less (batches of %d here would give %d)" % (
                          settings.batch_size, steps, EPOCH_STEPS,
-                         optimizer_batch(len(train), settings.batch_size),
-                         len(train) // optimizer_batch(len(train), settings.batch_size)))
+                         fewer, len(train) // fewer))
     engine = make_engine(network, settings.engine_name())
     for line in describe_run(settings, len(train), len(test_set), state):
         console.say(line)

@@ -190,9 +190,8 @@ def time_per_image(train, n_images):
         m.train_share(trainer, train, dataclasses.replace(recipe, mastery=0.0), 0, start,
                       start + n_images, stats)
         return (time.perf_counter() - started) / n_images
-    t_rest, t_rest = forwards(rester), forwards(rester)
-    t_forward, t_forward = forwards(trainer), forwards(trainer)
-    t_both, t_both = updates(), updates()
+    forwards(rester), forwards(trainer), updates()   # a first run of each, for PyPy's JIT
+    t_rest, t_forward, t_both = forwards(rester), forwards(trainer), updates()
     return t_rest, t_forward, t_both - t_forward
 
 
